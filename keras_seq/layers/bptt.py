@@ -1,0 +1,252 @@
+"""The Elman recurrence with an explicit backpropagation-through-time pass.
+
+Everything here works on one recurrent sublayer in time-major layout:
+
+    a_t = xw_t + (h_{t-1} * rmask) @ U        xw = x @ W + b, computed outside
+    h_t = m_t * activation(a_t) + (1 - m_t) * h_{t-1} + p_t
+
+`xw` is computed by the caller with one large matmul, so TensorFlow's own
+autodiff gives dW, db and dx from dL/dxw; this module only owns the loop.
+The backward pass is a reverse loop that carries the total dL/dh_t back
+through time doing one (batch, units) x (units, units) matmul per step, and
+forms dU as one contraction after the loop. That keeps training time linear
+in the sequence length, where TensorFlow's automatic gradient of a
+`tf.while_loop` is not (see FIELD_NOTES).
+
+Monitoring reads two exact by-products of that pass:
+- `probe` (zeros, shape of the output; never anything else, since the
+  derivative of tanh/sigmoid/relu is read off h_t) is added to every h_t inside the
+  recurrence, so dL/dprobe is the *total* dL/dh_t, carried through time;
+- the caller may add a zero tensor to `xw`; its gradient is dL/da_t, from which
+  each step's contribution to dL/dU follows.
+Both cost nothing unless a probe is passed.
+"""
+
+import keras
+import tensorflow as tf
+
+# Activations whose derivative is cheap to read off the output h = f(a).
+_DERIVATIVE_FROM_OUTPUT = {
+    "tanh": lambda h: 1.0 - h * h,
+    "sigmoid": lambda h: h * (1.0 - h),
+    "relu": lambda h: tf.cast(h > 0, h.dtype),
+    "linear": lambda h: tf.ones_like(h),
+}
+
+# Element-wise activations: their derivative is the gradient of sum(f(a)).
+ELEMENTWISE_ACTIVATIONS = frozenset(
+    list(_DERIVATIVE_FROM_OUTPUT)
+    + [
+        "celu",
+        "elu",
+        "exponential",
+        "gelu",
+        "hard_sigmoid",
+        "hard_silu",
+        "hard_swish",
+        "hard_tanh",
+        "leaky_relu",
+        "log_sigmoid",
+        "mish",
+        "relu6",
+        "selu",
+        "silu",
+        "softplus",
+        "softsign",
+        "sparse_plus",
+        "squareplus",
+        "swish",
+        "tanh_shrink",
+    ]
+)
+
+
+# As keras' own rnn(): lets TensorArray reads/writes of neighbouring steps
+# overlap with the step's matmul.
+_PARALLEL_ITERATIONS = 32
+
+
+def activation_name(activation):
+    """The registered name of a Keras activation, or None for a custom one."""
+    try:
+        name = keras.activations.serialize(activation)
+    except Exception:  # noqa: BLE001 - any custom callable
+        return None
+    return name if isinstance(name, str) else None
+
+
+def supports_explicit_bptt(activation):
+    return activation_name(activation) in ELEMENTWISE_ACTIVATIONS
+
+
+def _num_steps(x):
+    # Static when known (XLA needs fixed TensorArray sizes), dynamic otherwise.
+    return x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+
+
+def _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe):
+    steps = _num_steps(xw)
+    xw_ta = tf.TensorArray(xw.dtype, size=steps).unstack(xw)
+    out_ta = tf.TensorArray(xw.dtype, size=steps, element_shape=h0.shape)
+    mask_ta = None if mask is None else tf.TensorArray(
+        mask.dtype, size=steps).unstack(mask)
+    probe_ta = None if probe is None else tf.TensorArray(
+        probe.dtype, size=steps).unstack(probe)
+
+    def body(t, h, out_ta):
+        h_in = h if rmask is None else h * rmask
+        new_h = activation(xw_ta.read(t) + tf.matmul(h_in, recurrent_kernel))
+        if mask_ta is not None:
+            new_h = tf.where(mask_ta.read(t), new_h, h)
+        if probe_ta is not None:
+            new_h = new_h + probe_ta.read(t)
+        return t + 1, new_h, out_ta.write(t, new_h)
+
+    _, _, out_ta = tf.while_loop(
+        lambda t, *_: t < steps,
+        body,
+        (tf.constant(0), h0, out_ta),
+        maximum_iterations=steps,
+        parallel_iterations=_PARALLEL_ITERATIONS,
+    )
+    return out_ta.stack()
+
+
+def _activation_derivative(activation, name, outputs, xw, h_prev, recurrent_kernel):
+    """f'(a_t) for every step, as one tensor of the outputs' shape."""
+    if name in _DERIVATIVE_FROM_OUTPUT:
+        return _DERIVATIVE_FROM_OUTPUT[name](outputs)
+    pre_activation = xw + tf.einsum("tbi,ij->tbj", h_prev, recurrent_kernel)
+    with tf.GradientTape() as tape:
+        tape.watch(pre_activation)
+        y = activation(pre_activation)
+    return tape.gradient(y, pre_activation)
+
+
+def _backward(
+    grad_outputs,
+    outputs,
+    xw,
+    h0,
+    recurrent_kernel,
+    activation,
+    name,
+    mask,
+    rmask,
+    want_dh,
+):
+    """Reverse loop: total dL/dh_t -> dL/da_t; weight gradients after it."""
+    steps = _num_steps(outputs)
+    h_prev = tf.concat([h0[None], outputs[:-1]], axis=0)
+    if rmask is not None:
+        h_prev = h_prev * rmask
+    gain = _activation_derivative(
+        activation, name, outputs, xw, h_prev, recurrent_kernel
+    )
+    if mask is not None:
+        gain = tf.where(mask, gain, tf.zeros_like(gain))
+    kernel_t = tf.transpose(recurrent_kernel)
+
+    g_ta = tf.TensorArray(grad_outputs.dtype, size=steps).unstack(grad_outputs)
+    gain_ta = tf.TensorArray(gain.dtype, size=steps).unstack(gain)
+    keep_ta = None if mask is None else tf.TensorArray(
+        outputs.dtype, size=steps).unstack(tf.cast(~mask, outputs.dtype))
+    da_ta = tf.TensorArray(outputs.dtype, size=steps, element_shape=h0.shape)
+    dh_ta = (
+        tf.TensorArray(outputs.dtype, size=steps, element_shape=h0.shape)
+        if want_dh
+        else None
+    )
+
+    def body(t, carry, da_ta, *maybe_dh_ta):
+        dh = g_ta.read(t) + carry
+        da = dh * gain_ta.read(t)
+        carry = tf.matmul(da, kernel_t)
+        if rmask is not None:
+            carry = carry * rmask
+        if keep_ta is not None:
+            carry = carry + dh * keep_ta.read(t)
+        extra = (maybe_dh_ta[0].write(t, dh),) if maybe_dh_ta else ()
+        return (t - 1, carry, da_ta.write(t, da)) + extra
+
+    loop_vars = (steps - 1, tf.zeros_like(h0), da_ta)
+    if dh_ta is not None:
+        loop_vars += (dh_ta,)
+    result = tf.while_loop(
+        lambda t, *_: t >= 0,
+        body,
+        loop_vars,
+        maximum_iterations=steps,
+        parallel_iterations=_PARALLEL_ITERATIONS,
+    )
+    grad_h0 = result[1]
+    grad_xw = result[2].stack()
+    grad_dh = result[3].stack() if dh_ta is not None else None
+    grad_kernel = tf.tensordot(h_prev, grad_xw, axes=[[0, 1], [0, 1]])
+    return grad_xw, grad_h0, grad_kernel, grad_dh
+
+
+def recurrence(
+    xw,
+    h0,
+    recurrent_kernel,
+    activation,
+    mask=None,
+    rmask=None,
+    probe=None,
+    explicit=True,
+):
+    """All hidden states of one Elman sublayer, time-major.
+
+    Args:
+        xw: `(T, B, U)` input projection plus bias, `x_t @ W + b`.
+        h0: `(B, U)` initial state.
+        recurrent_kernel: `(U, U)` tensor.
+        activation: element-wise activation callable.
+        mask: optional `(T, B, 1)` boolean tensor, True where the step is
+            valid; masked steps carry the previous state.
+        rmask: optional `(B, U)` recurrent dropout mask, applied to h_{t-1}.
+        probe: optional `(T, B, U)` zeros added to each h_t; its gradient is
+            the total dL/dh_t.
+        explicit: use the explicit BPTT backward pass (True) or let
+            TensorFlow differentiate the loop.
+
+    Returns:
+        `(T, B, U)`: h_t for every step (masked steps hold the carried state).
+    """
+    if not explicit:
+        return _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
+
+    name = activation_name(activation)
+
+    if probe is None:
+
+        @tf.custom_gradient
+        def _run(xw, h0, recurrent_kernel):
+            outputs = _forward(xw, h0, recurrent_kernel, activation, mask, rmask, None)
+
+            def grad(grad_outputs):
+                gxw, gh0, gk, _ = _backward(
+                    grad_outputs, outputs, xw, h0, recurrent_kernel,
+                    activation, name, mask, rmask, want_dh=False,
+                )
+                return gxw, gh0, gk
+
+            return outputs, grad
+
+        return _run(xw, h0, recurrent_kernel)
+
+    @tf.custom_gradient
+    def _run_probed(xw, h0, recurrent_kernel, probe):
+        outputs = _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
+
+        def grad(grad_outputs):
+            gxw, gh0, gk, gdh = _backward(
+                grad_outputs, outputs, xw, h0, recurrent_kernel,
+                activation, name, mask, rmask, want_dh=True,
+            )
+            return gxw, gh0, gk, gdh
+
+        return outputs, grad
+
+    return _run_probed(xw, h0, recurrent_kernel, probe)

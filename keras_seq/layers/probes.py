@@ -1,0 +1,96 @@
+"""Zero "probe" tensors that expose the total dL/dh_t of every sublayer.
+
+While a `ProbeRecorder` is active (the monitored training step opens one
+around its forward pass), every `SharedRNN` sublayer adds two zero tensors:
+one to its input projection `xw` (its gradient is dL/da_t) and one to each
+h_t inside the recurrence (its gradient is the total dL/dh_t, carried back
+through time). The explicit BPTT pass computes both anyway, so asking the
+same tape for them costs one extra `(batch, units)` write per step. Outside a
+recorder nothing is added and the layer pays nothing.
+"""
+
+import contextlib
+import dataclasses
+import threading
+
+import tensorflow as tf
+
+_state = threading.local()
+
+
+@dataclasses.dataclass
+class SublayerProbe:
+    """What one recurrent sublayer exposes during a recorded step.
+
+    All sequences are time-major `(T, B, U)` in processing order (reversed
+    for `go_backwards`).
+    """
+
+    layer: object
+    level: int
+    xw_probe: tf.Tensor
+    h_probe: tf.Tensor
+    initial_state: tf.Tensor
+    recurrent_dropout_mask: object = None
+    time_mask: object = None
+    outputs: object = None
+
+    @property
+    def name(self):
+        return f"{self.layer.name}/level_{self.level}"
+
+
+class ProbeRecorder:
+    """Collects the probes of every `SharedRNN` sublayer called while active.
+
+    Args:
+        tape: optional `tf.GradientTape` that must watch the probes.
+    """
+
+    def __init__(self, tape=None):
+        self.tape = tape
+        self.probes = []
+
+    def add(self, layer, level, xw, initial_state, recurrent_dropout_mask, time_mask):
+        xw_probe = tf.zeros_like(xw)
+        h_probe = tf.zeros_like(xw)
+        if self.tape is not None:
+            self.tape.watch(xw_probe)
+            self.tape.watch(h_probe)
+        self.probes.append(
+            SublayerProbe(
+                layer=layer,
+                level=level,
+                xw_probe=xw_probe,
+                h_probe=h_probe,
+                initial_state=initial_state,
+                recurrent_dropout_mask=recurrent_dropout_mask,
+                time_mask=time_mask,
+            )
+        )
+        return xw + xw_probe, h_probe
+
+    def set_outputs(self, layer, level, outputs):
+        probe = self.probes[-1]
+        assert probe.layer is layer and probe.level == level
+        probe.outputs = outputs
+
+
+def active_recorder():
+    """The innermost active `ProbeRecorder`, or None."""
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def recording(tape=None):
+    """Activate a `ProbeRecorder` for the layers called inside the block."""
+    recorder = ProbeRecorder(tape)
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(recorder)
+    try:
+        yield recorder
+    finally:
+        stack.pop()

@@ -1,0 +1,321 @@
+import warnings
+
+import keras
+import tensorflow as tf
+
+from keras_seq import _validation as validation
+from keras_seq.layers import bptt
+from keras_seq.layers import probes
+from keras_seq.layers.shared_rnn_cell import SharedRNNCell
+
+
+@keras.saving.register_keras_serializable(package="keras_seq")
+class SharedRNN(keras.layers.RNN):
+    """Fast Elman RNN with weights shared across time steps (and optionally
+    across stacked sublayers), trained with an explicit BPTT backward pass.
+
+    A drop-in for `keras.layers.SimpleRNN`: same arguments, same outputs and,
+    with `depth=1`, the same weights in the same `get_weights()` order. It
+    also stacks `depth` recurrent sublayers inside one layer; with
+    `share_depth=True` sublayers 2..depth reuse one weight set, and the
+    sharing survives `get_config`, `.keras` files and
+    `keras.layers.Bidirectional` because one cell (`SharedRNNCell`) owns all
+    the weights.
+
+    The forward pass is one `tf.while_loop` per sublayer doing a single
+    `(batch, units) x (units, units)` matmul per step (the input projection
+    `x @ W + b` is one large matmul before the loop). The backward pass is a
+    hand-written reverse loop (`tf.custom_gradient`) that carries the total
+    dL/dh_t back through time and forms dL/dU as one contraction after the
+    loop, so training time stays linear in the sequence length. Gradients
+    equal TensorFlow's automatic gradient. The explicit pass covers the
+    element-wise Keras activations, masks, dropout, recurrent dropout,
+    `go_backwards`, `initial_state`, `stateful` and mixed precision. With a
+    custom activation callable (not a registered Keras activation) the layer
+    falls back to TensorFlow's automatic gradient of the same loop.
+
+    It runs under `jit_compile=True` (XLA) when the time dimension is static,
+    and without XLA with a dynamic one.
+
+    Args:
+        units: Positive integer, size of each sublayer's state.
+        depth: Integer >= 1 (default 1), number of stacked sublayers.
+        share_depth: Boolean (default False), see `SharedRNNCell`.
+        activation: Default `"tanh"`; `None` means linear.
+        use_bias: Default True.
+        kernel_initializer: Default `"glorot_uniform"`.
+        recurrent_initializer: Default `"orthogonal"`; `"identity"` with relu
+            gives the IRNN (Le, Jaitly & Hinton 2015). Gains via
+            `keras.initializers.Orthogonal(gain=...)`/`Identity(gain=...)`.
+        bias_initializer: Default `"zeros"`.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer,
+            activity_regularizer: Default None.
+        kernel_constraint, recurrent_constraint, bias_constraint: Default
+            None; `keras_seq.constraints.SpectralNorm()` for the recurrent
+            kernel.
+        dropout: Float in [0, 1) (default 0), on each sublayer's input.
+        recurrent_dropout: Float in [0, 1) (default 0), on h_{t-1}.
+        return_sequences: Default False: return the top sublayer's last
+            output; True returns the whole sequence.
+        return_state: Default False. If True, also return the last state of
+            every sublayer (`depth` tensors).
+        go_backwards: Default False. Process the sequence in reverse and
+            return the reversed sequence (as `keras.layers.SimpleRNN`).
+        stateful: Default False. Carry the last states into the next batch;
+            needs a static batch size (`keras.Input(batch_size=...)`).
+        zero_output_for_mask: Default False: masked steps output the previous
+            output; True outputs zeros (set by `Bidirectional` when returning
+            sequences).
+        seed: Optional integer seed for dropout.
+        unroll: Accepted for `SimpleRNN` compatibility; the loop is never
+            unrolled (a warning says so if True).
+
+    Call arguments:
+        sequences: `(batch, timesteps, features)` floating-point tensor.
+        initial_state: optional list of `depth` tensors `(batch, units)`.
+        mask: optional boolean `(batch, timesteps)`; False steps are skipped.
+        training: Boolean, whether dropout applies.
+
+    Returns:
+        `(batch, units)` or, with `return_sequences`, `(batch, timesteps,
+        units)`; with `return_state`, followed by the `depth` last states.
+
+    Raises:
+        ValueError: invalid arguments, or inputs/masks/initial states of the
+            wrong shape.
+        TypeError: arguments of the wrong type, or non-floating inputs.
+
+    Example:
+
+    >>> import numpy as np, keras_seq
+    >>> layer = keras_seq.layers.SharedRNN(16, depth=3, share_depth=True)
+    >>> layer(np.ones((4, 10, 8), "float32")).shape
+    (4, 16)
+    """
+
+    def __init__(
+        self,
+        units,
+        depth=1,
+        share_depth=False,
+        activation="tanh",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        recurrent_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        recurrent_constraint=None,
+        bias_constraint=None,
+        dropout=0.0,
+        recurrent_dropout=0.0,
+        return_sequences=False,
+        return_state=False,
+        go_backwards=False,
+        stateful=False,
+        zero_output_for_mask=False,
+        seed=None,
+        unroll=False,
+        **kwargs,
+    ):
+        for name, value in (
+            ("return_sequences", return_sequences),
+            ("return_state", return_state),
+            ("go_backwards", go_backwards),
+            ("stateful", stateful),
+            ("zero_output_for_mask", zero_output_for_mask),
+            ("use_bias", use_bias),
+            ("unroll", unroll),
+        ):
+            validation.check_bool(name, value)
+        if unroll:
+            warnings.warn(
+                "`SharedRNN(unroll=True)` is accepted for SimpleRNN "
+                "compatibility but ignored: the explicit BPTT loop is not "
+                "unrolled.",
+                stacklevel=2,
+            )
+        cell = SharedRNNCell(
+            units,
+            depth=depth,
+            share_depth=share_depth,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            recurrent_constraint=recurrent_constraint,
+            bias_constraint=bias_constraint,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            seed=seed,
+            dtype=kwargs.get("dtype", None),
+            trainable=kwargs.get("trainable", True),
+            name="shared_rnn_cell",
+        )
+        super().__init__(
+            cell,
+            return_sequences=return_sequences,
+            return_state=return_state,
+            go_backwards=go_backwards,
+            stateful=stateful,
+            zero_output_for_mask=zero_output_for_mask,
+            activity_regularizer=activity_regularizer,
+            **kwargs,
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+        self.explicit_bptt = bptt.supports_explicit_bptt(cell.activation)
+
+    # Cell arguments, exposed as on keras.layers.SimpleRNN.
+    units = property(lambda self: self.cell.units)
+    depth = property(lambda self: self.cell.depth)
+    share_depth = property(lambda self: self.cell.share_depth)
+    activation = property(lambda self: self.cell.activation)
+    use_bias = property(lambda self: self.cell.use_bias)
+    kernel_initializer = property(lambda self: self.cell.kernel_initializer)
+    recurrent_initializer = property(lambda self: self.cell.recurrent_initializer)
+    bias_initializer = property(lambda self: self.cell.bias_initializer)
+    kernel_regularizer = property(lambda self: self.cell.kernel_regularizer)
+    recurrent_regularizer = property(lambda self: self.cell.recurrent_regularizer)
+    bias_regularizer = property(lambda self: self.cell.bias_regularizer)
+    kernel_constraint = property(lambda self: self.cell.kernel_constraint)
+    recurrent_constraint = property(lambda self: self.cell.recurrent_constraint)
+    bias_constraint = property(lambda self: self.cell.bias_constraint)
+    dropout = property(lambda self: self.cell.dropout)
+    recurrent_dropout = property(lambda self: self.cell.recurrent_dropout)
+    seed = property(lambda self: self.cell.seed)
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        super().build(sequences_shape, initial_state_shape)
+        self.input_spec = keras.layers.InputSpec(
+            ndim=3, axes={-1: self.cell.input_dim}
+        )
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        self._check_call_inputs(sequences, initial_state, mask)
+        return super().call(
+            sequences, initial_state=initial_state, mask=mask, training=training
+        )
+
+    def _check_call_inputs(self, sequences, initial_state, mask):
+        dtype = keras.backend.standardize_dtype(sequences.dtype)
+        if "float" not in dtype:
+            raise TypeError(
+                f"`{self.name}` expects floating-point `sequences` of shape "
+                "(batch, timesteps, features). Received dtype "
+                f"{dtype}; for token ids put a `keras.layers.Embedding` first."
+            )
+        if mask is not None:
+            mask_shape = tuple(mask.shape)
+            expected = tuple(sequences.shape[:2])
+            if len(mask_shape) != 2 or any(
+                m is not None and e is not None and m != e
+                for m, e in zip(mask_shape, expected)
+            ):
+                raise ValueError(
+                    f"`{self.name}` expects a `mask` of shape (batch, timesteps)"
+                    f" = {expected}. Received: mask.shape={mask_shape}"
+                )
+        if initial_state is not None:
+            states = (
+                list(initial_state)
+                if isinstance(initial_state, (list, tuple))
+                else [initial_state]
+            )
+            if len(states) != self.depth:
+                raise ValueError(
+                    f"`{self.name}` has depth={self.depth} and expects "
+                    f"`initial_state` as a list of {self.depth} tensors of shape "
+                    f"(batch, {self.units}). Received {len(states)} tensor(s)."
+                )
+            for state in states:
+                shape = tuple(state.shape)
+                if len(shape) != 2 or shape[-1] != self.units:
+                    raise ValueError(
+                        f"`{self.name}` expects each `initial_state` tensor to "
+                        f"have shape (batch, {self.units}). Received shape "
+                        f"{shape}."
+                    )
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        dtype = self.compute_dtype
+        x = tf.transpose(tf.cast(sequences, dtype), [1, 0, 2])  # time-major
+        time_mask = None
+        if mask is not None:
+            time_mask = tf.transpose(tf.cast(mask, tf.bool))[:, :, None]
+        if self.go_backwards:
+            x = tf.reverse(x, [0])
+            if time_mask is not None:
+                time_mask = tf.reverse(time_mask, [0])
+        input_masks, recurrent_masks = self.cell.dropout_masks(
+            tf.shape(x)[1], training
+        )
+        recorder = probes.active_recorder()
+        states = []
+        for level in range(self.depth):
+            kernel, recurrent_kernel, bias = (
+                None if w is None else tf.cast(w, dtype)
+                for w in self.cell.level_weights(level)
+            )
+            if input_masks[level] is not None:
+                x = x * input_masks[level]
+            xw = tf.tensordot(x, kernel, axes=1)
+            if bias is not None:
+                xw = xw + bias
+            probe = None
+            if recorder is not None:
+                xw, probe = recorder.add(self, level, xw, initial_state[level],
+                                         recurrent_masks[level], time_mask)
+            x = bptt.recurrence(
+                xw,
+                tf.cast(initial_state[level], dtype),
+                recurrent_kernel,
+                self.activation,
+                mask=time_mask,
+                rmask=recurrent_masks[level],
+                probe=probe,
+                explicit=self.explicit_bptt,
+            )
+            if recorder is not None:
+                recorder.set_outputs(self, level, x)
+            states.append(x[-1])
+
+        outputs = x
+        if time_mask is not None:
+            # As keras' rnn(): a masked step outputs zeros, or the previous
+            # output, which is zero until the first valid step.
+            shown = time_mask
+            if not self.zero_output_for_mask:
+                shown = tf.cast(tf.math.cumsum(tf.cast(time_mask, tf.int32)), tf.bool)
+            outputs = tf.where(shown, outputs, tf.zeros_like(outputs))
+        last_output = outputs[-1]
+        if self.return_sequences:
+            outputs = tf.transpose(outputs, [1, 0, 2])
+        else:
+            outputs = last_output[:, None]
+        return last_output, outputs, states
+
+    def get_config(self):
+        config = {
+            k: v
+            for k, v in self.cell.get_config().items()
+            if k not in ("name", "dtype", "trainable")
+        }
+        config["activity_regularizer"] = keras.regularizers.serialize(
+            self.activity_regularizer
+        )
+        base_config = super().get_config()
+        del base_config["cell"]
+        del base_config["unroll"]
+        return {**base_config, **config}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,27 @@
+import keras
+
+
+@keras.saving.register_keras_serializable(package="keras_seq")
+class Sequential(keras.Sequential):
+    """`keras.Sequential` for keras-seq models.
+
+    Builds, trains, saves and summarises exactly like `keras.Sequential`;
+    it is the model class whose training step keras-seq's gradient
+    monitoring hooks into. Save with `model.save("m.keras")` and load with
+    `keras.models.load_model("m.keras")` after `import keras_seq`.
+
+    Args:
+        layers: Optional list of layers, as for `keras.Sequential`.
+        trainable: Default True.
+        name: Optional model name.
+
+    Example:
+
+    >>> import keras, keras_seq
+    >>> model = keras_seq.Sequential([
+    ...     keras.Input((None, 8)),
+    ...     keras_seq.layers.SharedRNN(16, depth=2),
+    ...     keras.layers.Dense(3, activation="softmax"),
+    ... ])
+    >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    """
