@@ -1,0 +1,60 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def assert_close(actual, expected, tol=1e-5):
+    """max |actual - expected| <= tol * max |expected| (relative to scale)."""
+    actual = np.asarray(keras.ops.convert_to_numpy(actual), dtype=np.float64)
+    expected = np.asarray(keras.ops.convert_to_numpy(expected), dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(np.max(np.abs(expected)), 1e-30)
+    error = np.max(np.abs(actual - expected))
+    assert error <= tol * scale, f"max error {error:.3g} > {tol:g} * {scale:.3g}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.utils.clear_session()
+
+
+@pytest.fixture
+def sequences():
+    """A small float batch: (batch=3, timesteps=6, features=4)."""
+    return np.random.RandomState(0).randn(3, 6, 4).astype("float32")
+
+
+@pytest.fixture
+def padded_mask():
+    """Mask with trailing, leading and inner padding, one row fully valid."""
+    return np.array(
+        [
+            [1, 1, 1, 1, 0, 0],
+            [0, 0, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1],
+        ],
+        dtype=bool,
+    )
+
+
+@pytest.fixture
+def tiny_model():
+    """The shared tiny keras_seq model: SharedRNN(depth=2) -> Dense."""
+    import keras_seq
+
+    model = keras_seq.Sequential(
+        [
+            keras.Input((6, 4)),
+            keras_seq.layers.SharedRNN(5, depth=2, name="rnn"),
+            keras.layers.Dense(2, name="head"),
+        ]
+    )
+    return model
