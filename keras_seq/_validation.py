@@ -78,7 +78,13 @@ def get_activation(name, value):
 
 
 def get_initializer(name, value):
-    return _lookup("initializer", keras.initializers.get, name, value)
+    initializer = _lookup("initializer", keras.initializers.get, name, value)
+    if type(initializer) is keras.initializers.Identity:
+        # Keras's Identity drops its gain in get_config; ours keeps it.
+        from keras_seq.initializers import Identity
+
+        initializer = Identity(gain=initializer.gain)
+    return initializer
 
 
 def get_regularizer(name, value):

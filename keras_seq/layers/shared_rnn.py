@@ -319,3 +319,29 @@ class SharedRNN(keras.layers.RNN):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    @classmethod
+    def from_simple_rnn(cls, layer):
+        """A `SharedRNN` with the configuration and (if built) the weights
+        of a `keras.layers.SimpleRNN`; outputs and gradients are the same.
+
+        Example:
+
+        >>> import numpy as np, keras, keras_seq
+        >>> simple = keras.layers.SimpleRNN(4)
+        >>> _ = simple(np.zeros((1, 3, 2), "float32"))
+        >>> shared = keras_seq.layers.SharedRNN.from_simple_rnn(simple)
+        """
+        if not isinstance(layer, keras.layers.SimpleRNN):
+            raise TypeError(
+                "`SharedRNN.from_simple_rnn()` takes a keras.layers.SimpleRNN. "
+                f"Received: layer={layer!r} (of type {type(layer).__name__})"
+            )
+        config = layer.get_config()
+        config["unroll"] = False
+        shared = cls.from_config(config)
+        if layer.built:
+            kernel = layer.cell.kernel
+            shared.build((None, None, kernel.shape[0]))
+            shared.set_weights(layer.get_weights())
+        return shared
