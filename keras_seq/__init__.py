@@ -11,7 +11,7 @@ if _keras.backend.backend() != "tensorflow":
         '"backend": "tensorflow" in ~/.keras/keras.json).'
     )
 
-from keras_seq import constraints, initializers, layers, models  # noqa: E402
+from keras_seq import constraints, data, initializers, layers, models  # noqa: E402
 from keras_seq.models import Model, Sequential  # noqa: E402
 from keras_seq.version import __version__  # noqa: E402
 
@@ -20,6 +20,7 @@ __all__ = [
     "Sequential",
     "__version__",
     "constraints",
+    "data",
     "initializers",
     "layers",
     "models",
