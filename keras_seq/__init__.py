@@ -11,7 +11,15 @@ if _keras.backend.backend() != "tensorflow":
         '"backend": "tensorflow" in ~/.keras/keras.json).'
     )
 
-from keras_seq import constraints, data, initializers, layers, models  # noqa: E402
+from keras_seq import (  # noqa: E402
+    callbacks,
+    constraints,
+    data,
+    diagnostics,
+    initializers,
+    layers,
+    models,
+)
 from keras_seq.models import Model, Sequential  # noqa: E402
 from keras_seq.version import __version__  # noqa: E402
 
@@ -19,8 +27,10 @@ __all__ = [
     "Model",
     "Sequential",
     "__version__",
+    "callbacks",
     "constraints",
     "data",
+    "diagnostics",
     "initializers",
     "layers",
     "models",

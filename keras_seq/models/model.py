@@ -1,8 +1,10 @@
 import keras
 
+from keras_seq.models.monitored_train_step import MonitoredTrainStep
+
 
 @keras.saving.register_keras_serializable(package="keras_seq")
-class Model(keras.Model):
+class Model(MonitoredTrainStep, keras.Model):
     """`keras.Model` for keras-seq models (functional or subclassed).
 
     `keras_seq.Model(inputs, outputs)` builds a functional model and

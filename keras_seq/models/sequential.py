@@ -1,8 +1,10 @@
 import keras
 
+from keras_seq.models.monitored_train_step import MonitoredTrainStep
+
 
 @keras.saving.register_keras_serializable(package="keras_seq")
-class Sequential(keras.Sequential):
+class Sequential(MonitoredTrainStep, keras.Sequential):
     """`keras.Sequential` for keras-seq models.
 
     Builds, trains, saves and summarises exactly like `keras.Sequential`;

@@ -1,0 +1,484 @@
+import dataclasses
+import os
+import pathlib
+import warnings
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from keras_seq import _validation as validation
+from keras_seq import diagnostics
+from keras_seq.callbacks import heatmap
+from keras_seq.models.monitored_train_step import MonitoredTrainStep
+
+_ON_NAN = ("stop", "skip", "warn")
+_ON_EXPLODE = ("warn", "stop")
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorSettings:
+    """What the monitored training step must do (read at trace time)."""
+
+    guard: bool  # skip non-finite updates in the graph
+    histograms: bool  # return the applied gradients on recorded steps
+
+
+class GradientMonitor(keras.callbacks.Callback):
+    """Records gradient norms per layer and per *time step* during `fit`.
+
+    On every `every`-th training step the model's training step (a
+    `keras_seq.Sequential` or `keras_seq.Model`) computes, in the graph and
+    from exactly the gradient the optimizer applies:
+
+    - the global gradient norm (before and after the optimizer's clipping),
+      the norm of every layer and every variable, and whether all are finite;
+    - for every recurrent sublayer of every `keras_seq.layers.SharedRNN`
+      (each depth level, each direction of a `Bidirectional`): the norm of
+      the total gradient dL/dh_t at every time step, carried back through
+      the recurrence, and each step's contribution to the recurrent-kernel
+      gradient (projected on the applied gradient's direction, so the
+      contributions of all steps add up to its norm).
+
+    Built-in Keras layers (`SimpleRNN`, `LSTM`, `Dense`, ...) get per-layer
+    norms. Steps that do not record run Keras's own step (plus an all-finite
+    guard when `on_nan` is `"stop"` or `"skip"`).
+
+    TensorBoard tags (under `<log_dir>/gradients`, a run of its own next to
+    `keras.callbacks.TensorBoard`'s `train` and `validation`):
+
+    - scalars, at each recorded step: `gradients/global_norm`,
+      `gradients/applied_norm`, `gradients/loss`, `gradients/skipped_steps`,
+      `gradients/norm/<layer>`, `gradients/horizon/<sublayer>`,
+      `gradients/decay/<sublayer>`;
+    - a custom-scalars layout putting all `gradients/norm/*` in one chart;
+    - histograms (with `histograms=True`): `gradients/values/<variable path>`;
+    - images, at each epoch end: `gradients/heatmap/<sublayer>`, log10
+      ||dL/dh_t|| with time step across and training step down;
+    - text, at each epoch end: `gradients/diagnosis`, the `report()` table.
+
+    Sublayers are named `<layer name>/level_<i>`.
+
+    Args:
+        log_dir: Optional TensorBoard log directory (default None: no files).
+        every: Integer >= 1 (default 1), record every `every` training steps.
+        on_nan: `"stop"` (default): do not apply the update with non-finite
+            gradients and end `fit` after that step, keeping the weights of
+            the last good step. `"skip"`: do not apply it and go on (weights
+            and optimizer state unchanged, the count is recorded). `"warn"`:
+            apply it as Keras would and warn.
+        on_explode: `"warn"` (default) or `"stop"` when the global norm
+            explodes (see `keras_seq.diagnostics.is_exploding`).
+        histograms: Default False. Write gradient histograms (copies every
+            gradient to the host on recorded steps).
+        horizon_fraction: Default 1e-3, see `diagnostics.gradient_horizon`.
+        vanishing_fraction: Default 0.1: a sublayer is vanishing when its
+            horizon is shorter than this fraction of the sequence length.
+        explode_threshold: Default 1e3, an absolute global-norm limit.
+        explode_jump: Default 10.0, a jump over the running median.
+
+    Attributes:
+        records: list of dicts, one per recorded step (the rows of
+            `to_frame()`).
+        skipped_steps: number of updates skipped for NaN/Inf.
+
+    Raises:
+        TypeError: when attached to a model that is not a keras_seq model.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_seq
+    >>> model = keras_seq.Sequential([
+    ...     keras.Input((20, 3)),
+    ...     keras_seq.layers.SharedRNN(8, depth=2),
+    ...     keras.layers.Dense(1)])
+    >>> model.compile(optimizer="adam", loss="mse")
+    >>> monitor = keras_seq.callbacks.GradientMonitor(every=1)
+    >>> _ = model.fit(np.ones((8, 20, 3)), np.ones((8, 1)), verbose=0,
+    ...               callbacks=[monitor])
+    >>> sorted(monitor.timestep_frame().columns)
+    ['contribution', 'grad_norm', 'layer', 'step', 'timestep']
+    """
+
+    def __init__(
+        self,
+        log_dir=None,
+        every=1,
+        on_nan="stop",
+        on_explode="warn",
+        histograms=False,
+        horizon_fraction=1e-3,
+        vanishing_fraction=0.1,
+        explode_threshold=1e3,
+        explode_jump=10.0,
+    ):
+        validation.check_positive_int("every", every)
+        validation.check_choice("on_nan", on_nan, _ON_NAN)
+        validation.check_choice("on_explode", on_explode, _ON_EXPLODE)
+        validation.check_bool("histograms", histograms)
+        validation.check_rate("horizon_fraction", horizon_fraction)
+        validation.check_rate("vanishing_fraction", vanishing_fraction)
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(
+                "Argument `log_dir` must be a path (str or os.PathLike) or None. "
+                f"Received: log_dir={log_dir!r}"
+            )
+        super().__init__()
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.every = every
+        self.on_nan = on_nan
+        self.on_explode = on_explode
+        self.histograms = histograms
+        self.horizon_fraction = horizon_fraction
+        self.vanishing_fraction = vanishing_fraction
+        self.explode_threshold = explode_threshold
+        self.explode_jump = explode_jump
+        self.records = []
+        self.skipped_steps = 0
+        self._timesteps = []  # (step, sublayer, grad_norm, contribution)
+        self._variable_norms = []  # (step, norms in trainable_variables order)
+        self._nonfinite = None
+        self._exploding_steps = []
+        self._latest = {}  # sublayer -> SublayerDiagnosis of the last record
+        self._writer = None
+        self._layout_written = False
+        self._step = 0
+        self._epoch = 0
+
+    # -- attaching -----------------------------------------------------------
+
+    def set_model(self, model):
+        if not isinstance(model, MonitoredTrainStep):
+            fix = (
+                "keras_seq.Sequential(model.layers)"
+                if isinstance(model, keras.Sequential)
+                else "keras_seq.Model(model.inputs, model.outputs)"
+            )
+            raise TypeError(
+                "GradientMonitor needs a keras_seq model, whose training step "
+                f"records gradients. Received a {type(model).__module__}."
+                f"{type(model).__name__}. Rebuild it with the same layers "
+                f"(weights are kept): model = {fix}"
+            )
+        super().set_model(model)
+        model._gradient_monitor_settings = MonitorSettings(
+            guard=self.on_nan in ("stop", "skip"), histograms=self.histograms
+        )
+        model.train_function = None  # rebuilt with the monitored step
+
+    def _detach(self):
+        self.model._gradient_monitor_settings = None
+        self.model.train_function = None
+
+    # -- training hooks ------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._step = int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_begin = batch
+        steps = self.model.steps_per_execution
+        last = self._step + steps - 1
+        self._recording = (last // self.every) * self.every >= self._step
+        functions = self.model._gradient_train_functions
+        self.model.train_function = functions[self._recording]
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = batch - self._batch_begin + 1
+        step = self._step + steps - 1  # the step whose statistics we have
+        self._step += steps
+        statistics = self.model._gradient_statistics
+        if statistics is None:
+            return
+        finite = bool(statistics["finite"])
+        if self._recording:
+            self._record(step, logs or {}, statistics)
+        elif not finite:
+            self._on_nonfinite(step, layer=None, timestep=None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.log_dir is None or not self.records:
+            return
+        writer = self._get_writer()
+        with writer.as_default(step=self.records[-1]["step"]):
+            tf.summary.text("gradients/diagnosis", self.diagnosis().markdown())
+            for name, image in self.heatmaps().items():
+                tf.summary.image(f"gradients/heatmap/{name}", image[None])
+        writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._detach()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # -- recording -----------------------------------------------------------
+
+    def _record(self, step, logs, statistics):
+        stats = {
+            k: np.asarray(v)
+            for k, v in statistics.items()
+            if k not in ("sublayers", "gradients")
+        }
+        finite = bool(stats["finite"])
+        row = {
+            "step": step,
+            "epoch": self._epoch,
+            "loss": float(stats["loss"]),
+            "global_norm": float(stats["global_norm"]),
+            "applied_norm": float(stats["applied_norm"]),
+            "finite": finite,
+            "skipped": (not finite) and self.on_nan != "warn",
+        }
+        for layer, norm in self._layer_norms(stats["variable_norms"]).items():
+            row[f"norm/{layer}"] = norm
+        sublayer_info = {s.name: s for s in self.model._gradient_sublayers}
+        first_bad = None
+        for name, values in statistics["sublayers"].items():
+            values = {k: np.asarray(v) for k, v in values.items()}
+            verdict = diagnostics.SublayerDiagnosis.from_norms(
+                name,
+                values["grad_norm"],
+                forward_finite=values["forward_finite"] > 0,
+                grad_finite=values["grad_finite"] > 0,
+                reverse=sublayer_info[name].reverse,
+                fraction=self.horizon_fraction,
+                vanishing_fraction=self.vanishing_fraction,
+            )
+            self._latest[name] = verdict
+            row[f"horizon/{name}"] = verdict.horizon
+            row[f"decay/{name}"] = verdict.decay
+            self._timesteps.append(
+                (step, name, values["grad_norm"], values["contribution"])
+            )
+            if first_bad is None and verdict.nonfinite_timestep is not None:
+                first_bad = (name, verdict.nonfinite_timestep)
+        self._variable_norms.append((step, stats["variable_norms"]))
+        self.records.append(row)
+
+        exploding = finite and diagnostics.is_exploding(
+            [r["global_norm"] for r in self.records],
+            threshold=self.explode_threshold,
+            jump=self.explode_jump,
+        )
+        if exploding:
+            self._exploding_steps.append(step)
+        if self.log_dir is not None:
+            self._write_scalars(row, statistics)
+        if not finite:
+            if first_bad is None:
+                bad_layers = [
+                    k[len("norm/") :]
+                    for k, v in row.items()
+                    if k.startswith("norm/") and not np.isfinite(v)
+                ]
+                first_bad = (bad_layers[0] if bad_layers else None, None)
+            self._on_nonfinite(step, *first_bad)
+        elif exploding:
+            message = (
+                f"Exploding gradients at step {step}: global norm "
+                f"{row['global_norm']:.3g}."
+            )
+            if self.on_explode == "stop":
+                self.model.stop_training = True
+                message += " Stopping training (on_explode='stop')."
+            warnings.warn(message, stacklevel=2)
+
+    def _on_nonfinite(self, step, layer, timestep):
+        if self._nonfinite is None:
+            self._nonfinite = diagnostics.NonFinite(step, layer, timestep)
+        where = "" if layer is None else f" in {layer}"
+        if timestep is not None:
+            where += f" at time step {timestep}"
+        if self.on_nan == "warn":
+            warnings.warn(
+                f"Non-finite gradients at step {step}{where}; the update was "
+                "applied (on_nan='warn').",
+                stacklevel=2,
+            )
+            return
+        self.skipped_steps += 1
+        if self.on_nan == "stop":
+            self.model.stop_training = True
+            warnings.warn(
+                f"Non-finite gradients at step {step}{where}. The update was "
+                "not applied; stopping with the weights of the last good step "
+                "(on_nan='stop').",
+                stacklevel=2,
+            )
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _layer_norms(self, variable_norms):
+        squares = {}
+        for layer, norm in zip(self.model._gradient_layer_names, variable_norms):
+            squares[layer] = squares.get(layer, 0.0) + float(norm) ** 2
+        return {layer: np.sqrt(total) for layer, total in squares.items()}
+
+    # -- TensorBoard ---------------------------------------------------------
+
+    def _get_writer(self):
+        if self._writer is None:
+            path = pathlib.Path(self.log_dir) / "gradients"
+            self._writer = tf.summary.create_file_writer(str(path))
+        return self._writer
+
+    def _write_scalars(self, row, statistics):
+        writer = self._get_writer()
+        with writer.as_default(step=row["step"]):
+            if not self._layout_written:
+                _write_layout()
+                self._layout_written = True
+            for key in ("global_norm", "applied_norm", "loss"):
+                tf.summary.scalar(f"gradients/{key}", row[key])
+            tf.summary.scalar("gradients/skipped_steps", self.skipped_steps)
+            for key, value in row.items():
+                if key.startswith(("norm/", "horizon/", "decay/")):
+                    tf.summary.scalar(f"gradients/{key}", value)
+            if self.histograms:
+                for path, gradient in zip(
+                    self.model._gradient_variable_names, statistics["gradients"]
+                ):
+                    tf.summary.histogram(f"gradients/values/{path}", gradient)
+
+    # -- results -------------------------------------------------------------
+
+    def to_frame(self):
+        """One row per recorded step.
+
+        Columns: `step` (0-based training step), `epoch`, `loss` (of that
+        batch), `global_norm` (before clipping), `applied_norm` (after the
+        optimizer's clipping), `finite`, `skipped` (update not applied),
+        `norm/<layer>` for every layer with weights, and `horizon/<sublayer>`
+        and `decay/<sublayer>` for every recurrent sublayer.
+        """
+        return pd.DataFrame.from_records(self.records)
+
+    def timestep_frame(self):
+        """Long format, one row per (recorded step, sublayer, time step).
+
+        Columns: `step`, `layer` (sublayer name), `timestep` (input order,
+        0 = first element of the sequence), `grad_norm` (||dL/dh_t||, total
+        through the recurrence, over the whole batch), `contribution` (this
+        step's share of the applied recurrent-kernel gradient, projected on
+        its direction: the sum over time steps, and over sublayers sharing the
+        kernel, is that gradient's norm).
+        """
+        columns = ["step", "layer", "timestep", "grad_norm", "contribution"]
+        if not self._timesteps:
+            return pd.DataFrame(columns=columns)
+        frames = [
+            pd.DataFrame(
+                {
+                    "step": step,
+                    "layer": name,
+                    "timestep": np.arange(len(norms)),
+                    "grad_norm": norms,
+                    "contribution": contribution,
+                }
+            )
+            for step, name, norms, contribution in self._timesteps
+        ]
+        return pd.concat(frames, ignore_index=True)[columns]
+
+    def variable_frame(self):
+        """Long format, one row per (recorded step, variable).
+
+        Columns: `step`, `variable` (its path), `layer`, `grad_norm`.
+        """
+        names = self.model._gradient_variable_names if self._variable_norms else []
+        layers = self.model._gradient_layer_names if self._variable_norms else []
+        rows = [
+            (step, name, layer, float(norm))
+            for step, norms in self._variable_norms
+            for name, layer, norm in zip(names, layers, norms)
+        ]
+        return pd.DataFrame(rows, columns=["step", "variable", "layer", "grad_norm"])
+
+    def save(self, path):
+        """Write `to_frame()` to `path` and `timestep_frame()` beside it
+        (`<stem>_timesteps<suffix>`), as CSV (`.csv`) or Parquet
+        (`.parquet`, needs pyarrow).
+
+        Returns:
+            The two paths written.
+        """
+        path = pathlib.Path(path)
+        writers = {".csv": "to_csv", ".parquet": "to_parquet"}
+        if path.suffix not in writers:
+            raise ValueError(
+                "Argument `path` must end in .csv or .parquet. "
+                f"Received: path={str(path)!r}"
+            )
+        timestep_path = path.with_name(f"{path.stem}_timesteps{path.suffix}")
+        for frame, target in (
+            (self.to_frame(), path),
+            (self.timestep_frame(), timestep_path),
+        ):
+            getattr(frame, writers[path.suffix])(target, index=False)
+        return path, timestep_path
+
+    def heatmaps(self):
+        """`{sublayer: RGB uint8 image}` of log10 ||dL/dh_t|| over recorded
+        steps (rows) and time steps (columns)."""
+        by_layer = {}
+        for _, name, norms, _ in self._timesteps:
+            by_layer.setdefault(name, []).append(norms)
+        images = {}
+        for name, rows in by_layer.items():
+            width = max(len(r) for r in rows)
+            matrix = np.full((len(rows), width), np.nan)
+            for i, r in enumerate(rows):
+                matrix[i, : len(r)] = r
+            images[name] = heatmap.log_norm_heatmap(matrix)
+        return images
+
+    def diagnosis(self):
+        """The verdict on the latest recorded step, a
+        `keras_seq.diagnostics.Diagnosis`."""
+        step = self.records[-1]["step"] if self.records else None
+        return diagnostics.Diagnosis(
+            step=step,
+            sublayers=dict(self._latest),
+            exploding=bool(self._exploding_steps)
+            and self._exploding_steps[-1] == step,
+            exploding_steps=list(self._exploding_steps),
+            nonfinite=self._nonfinite,
+            skipped_steps=self.skipped_steps,
+        )
+
+    def report(self):
+        """The diagnosis as plain text."""
+        return self.diagnosis().report()
+
+
+def _write_layout():
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.custom_scalar import summary as custom_scalar
+
+    charts = [
+        layout_pb2.Chart(
+            title="gradient norm per layer",
+            multiline=layout_pb2.MultilineChartContent(tag=[r"gradients/norm/.*"]),
+        ),
+        layout_pb2.Chart(
+            title="global gradient norm",
+            multiline=layout_pb2.MultilineChartContent(
+                tag=[r"gradients/(global|applied)_norm"]
+            ),
+        ),
+        layout_pb2.Chart(
+            title="gradient horizon per recurrent sublayer",
+            multiline=layout_pb2.MultilineChartContent(tag=[r"gradients/horizon/.*"]),
+        ),
+    ]
+    layout = layout_pb2.Layout(
+        category=[layout_pb2.Category(title="keras-seq gradients", chart=charts)]
+    )
+    tf.summary.experimental.write_raw_pb(
+        custom_scalar.pb(layout).SerializeToString(), step=0
+    )

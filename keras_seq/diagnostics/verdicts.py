@@ -1,0 +1,229 @@
+"""Gradient statistics -> verdicts: horizon, decay, vanishing, exploding,
+non-finite. Plain numpy, shared by `GradientMonitor`, the depth helper and
+the command line.
+
+Conventions: a per-step gradient-norm vector is in *processing order*
+(index -1 is the step processed last, where the gradient from a final-step
+loss enters). For a `go_backwards` sublayer pass the vector reversed from
+input order (`SublayerDiagnosis` does this with `reverse=True`).
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+def gradient_horizon(norms, fraction=1e-3):
+    """How many steps back from the last step ||dL/dh_t|| stays above
+    `fraction` of its maximum.
+
+    Args:
+        norms: 1-D array of per-step gradient norms, processing order.
+        fraction: Float in (0, 1) (default 1e-3).
+
+    Returns:
+        Integer in [0, len(norms)]: the length of the final run of steps whose
+        norm is >= `fraction * max(norms)`. 0 when every norm is 0 or the
+        vector is empty or not finite.
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    if norms.size == 0 or not np.all(np.isfinite(norms)):
+        return 0
+    peak = norms.max()
+    if peak <= 0:
+        return 0
+    below = np.nonzero(norms < fraction * peak)[0]
+    if below.size == 0:
+        return int(norms.size)
+    return int(norms.size - 1 - below[-1])
+
+
+def decay_factor(norms):
+    """Per-step factor by which ||dL/dh_t|| shrinks going back in time.
+
+    Fits log ||dL/dh|| = a + k * log(decay) over k = steps back from the last
+    step, by least squares over the steps with a positive, finite norm.
+    Below 1: the gradient vanishes going back; above 1: it grows.
+
+    Returns:
+        Float, or NaN with fewer than two usable steps.
+    """
+    norms = np.asarray(norms, dtype=np.float64)
+    steps_back = np.arange(norms.size)[::-1]
+    usable = np.isfinite(norms) & (norms > 0)
+    if usable.sum() < 2:
+        return float("nan")
+    slope = np.polyfit(steps_back[usable], np.log(norms[usable]), 1)[0]
+    return float(np.exp(slope))
+
+
+def is_exploding(global_norms, threshold=1e3, jump=10.0, window=20):
+    """Whether the last recorded global norm explodes.
+
+    Exploding: above `threshold`, or more than `jump` times the median of the
+    previous `window` finite records (needs at least 3 of them).
+    """
+    norms = np.asarray(global_norms, dtype=np.float64)
+    if norms.size == 0:
+        return False
+    last = norms[-1]
+    if not np.isfinite(last):
+        return False  # non-finite is its own verdict
+    if last > threshold:
+        return True
+    previous = norms[:-1][-window:]
+    previous = previous[np.isfinite(previous)]
+    if previous.size < 3:
+        return False
+    median = np.median(previous)
+    return bool(median > 0 and last > jump * median)
+
+
+@dataclasses.dataclass
+class SublayerDiagnosis:
+    """Verdict for one recurrent sublayer at one recorded step.
+
+    Attributes:
+        name: `"<layer>/level_<i>"`.
+        timesteps: sequence length T of the recorded batch.
+        horizon: see `gradient_horizon`.
+        decay: see `decay_factor`.
+        vanishing: horizon < `vanishing_fraction` * T.
+        nonfinite_timestep: first input time step whose forward state is
+            non-finite, else the time step where the backward pass first
+            became non-finite (processing order), else None.
+    """
+
+    name: str
+    timesteps: int
+    horizon: int
+    decay: float
+    vanishing: bool
+    nonfinite_timestep: object = None
+
+    @classmethod
+    def from_norms(
+        cls,
+        name,
+        grad_norm,
+        forward_finite=None,
+        grad_finite=None,
+        reverse=False,
+        fraction=1e-3,
+        vanishing_fraction=0.1,
+    ):
+        """Diagnose from per-step vectors in *input* order."""
+        grad_norm = np.asarray(grad_norm, dtype=np.float64)
+        order = slice(None, None, -1) if reverse else slice(None)
+        processing = grad_norm[order]
+        horizon = gradient_horizon(processing, fraction)
+        timesteps = int(grad_norm.size)
+        # The forward pass meets input step 0 first (T-1 when reversed); the
+        # backward pass meets the last processed step first.
+        nonfinite = _first_bad(forward_finite, last=reverse)
+        if nonfinite is None:
+            nonfinite = _first_bad(grad_finite, last=not reverse)
+        finite = nonfinite is None
+        return cls(
+            name=name,
+            timesteps=timesteps,
+            horizon=horizon,
+            decay=decay_factor(processing),
+            vanishing=bool(finite and horizon < vanishing_fraction * timesteps),
+            nonfinite_timestep=nonfinite,
+        )
+
+
+def _first_bad(finite, last):
+    if finite is None:
+        return None
+    bad = np.nonzero(~np.asarray(finite, dtype=bool))[0]
+    if bad.size == 0:
+        return None
+    return int(bad[-1] if last else bad[0])
+
+
+@dataclasses.dataclass
+class NonFinite:
+    """Where non-finite gradients were first seen.
+
+    Attributes:
+        step: training step (0-based) of the first non-finite record.
+        layer: the first recurrent sublayer (in forward order) whose states or
+            gradients were non-finite, or the first model layer with a
+            non-finite gradient norm when no sublayer was.
+        timestep: time step within `layer` (input order), or None.
+    """
+
+    step: int
+    layer: object
+    timestep: object
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    """The monitor's verdict on the latest recorded step.
+
+    Attributes:
+        step: training step the sublayer verdicts describe, or None.
+        sublayers: `{name: SublayerDiagnosis}` in forward order.
+        vanishing: names of vanishing sublayers.
+        exploding: whether the latest global norm explodes (`is_exploding`).
+        exploding_steps: every recorded step judged exploding.
+        nonfinite: `NonFinite` for the first non-finite record, or None.
+        skipped_steps: number of updates not applied because of NaN/Inf.
+    """
+
+    step: object
+    sublayers: dict
+    exploding: bool
+    exploding_steps: list
+    nonfinite: object
+    skipped_steps: int
+
+    @property
+    def vanishing(self):
+        return [name for name, d in self.sublayers.items() if d.vanishing]
+
+    @property
+    def healthy(self):
+        return not (self.vanishing or self.exploding or self.nonfinite)
+
+    def markdown(self):
+        """The per-sublayer table and the verdicts, as Markdown."""
+        lines = [
+            f"**Gradient diagnosis at step {self.step}**",
+            "",
+            "| sublayer | T | horizon | decay/step | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for d in self.sublayers.values():
+            if d.nonfinite_timestep is not None:
+                verdict = f"non-finite from t={d.nonfinite_timestep}"
+            elif d.vanishing:
+                verdict = "vanishing"
+            else:
+                verdict = "ok"
+            lines.append(
+                f"| {d.name} | {d.timesteps} | {d.horizon} | {d.decay:.3g} | "
+                f"{verdict} |"
+            )
+        lines.append("")
+        lines.append(f"- exploding: {'yes' if self.exploding else 'no'}"
+                     + (f" (steps {self.exploding_steps[:10]})" if self.exploding_steps else ""))
+        if self.nonfinite is not None:
+            where = self.nonfinite.layer
+            if self.nonfinite.timestep is not None:
+                where = f"{where} at time step {self.nonfinite.timestep}"
+            lines.append(
+                f"- non-finite gradients first at training step "
+                f"{self.nonfinite.step}, in {where}"
+            )
+        else:
+            lines.append("- non-finite gradients: none")
+        lines.append(f"- skipped updates: {self.skipped_steps}")
+        return "\n".join(lines)
+
+    def report(self):
+        """Plain text: the Markdown table without the emphasis."""
+        return self.markdown().replace("**", "")

@@ -1,0 +1,318 @@
+"""The monitored training step shared by `keras_seq.Sequential` and `Model`.
+
+Without a `GradientMonitor` the models train with Keras's own step. With one,
+`make_train_function` builds two functions from the same step, and the
+monitor picks one per batch:
+
+- the *recording* step opens a `ProbeRecorder` around the forward pass, asks
+  the tape for the weight gradients and the probe gradients in one call, and
+  computes every statistic in the graph from the gradient the optimizer
+  receives (summed across replicas, loss scaling undone, clipping applied as
+  the optimizer will);
+- the *light* step is Keras's step, plus an all-finite guard when the monitor
+  must skip or stop on NaN/Inf.
+
+Statistics leave the function in the logs under `STATISTICS_KEY`; a wrapper
+pops them before Keras sees the logs, so neither the progress bar nor
+`History` shows them.
+"""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+from keras_seq.layers import probes
+
+STATISTICS_KEY = "_keras_seq_gradient_statistics"
+
+
+class SublayerInfo:
+    """Static description of one recurrent sublayer seen by the step."""
+
+    def __init__(self, name, layer, level, reverse):
+        self.name = name
+        self.layer = layer
+        self.level = level
+        self.reverse = reverse  # processing order is the reverse of input order
+
+    def __repr__(self):
+        return f"SublayerInfo({self.name!r}, reverse={self.reverse})"
+
+
+class MonitoredTrainStep:
+    """Mixin: a Keras model whose training step can record gradient statistics."""
+
+    # Set by GradientMonitor.set_model; None means "train exactly as Keras".
+    _gradient_monitor_settings = None
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        settings = self._gradient_monitor_settings
+        if settings is None:
+            self._gradient_train_functions = None
+            return super().make_train_function(force=True)
+        if self.optimizer is not None and not self.optimizer.built:
+            # Variables cannot be created inside the guard's tf.cond.
+            self.optimizer.build(self.trainable_variables)
+        self._gradient_layer_names, self._gradient_variable_names = _layer_map(self)
+        functions = {}
+        for record in (False, True):
+            # Keras binds `self.train_step` when it builds the function.
+            self.train_step = _bind(self._monitored_train_step, record)
+            try:
+                super().make_train_function(force=True)
+            finally:
+                del self.train_step
+            functions[record] = self._strip_statistics(self.train_function)
+        self._gradient_train_functions = functions
+        self.train_function = functions[False]
+        return self.train_function
+
+    def _strip_statistics(self, function):
+        def train_function(iterator):
+            logs = dict(function(iterator))
+            self._gradient_statistics = logs.pop(STATISTICS_KEY, None)
+            return logs
+
+        return train_function
+
+    def _monitored_train_step(self, data, record):
+        settings = self._gradient_monitor_settings
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            recording = probes.recording(tape) if record else contextlib.nullcontext()
+            with recording as recorder:
+                y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            _update_loss_metric(self, loss, x)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        sources = list(variables)
+        if record:
+            for probe in recorder.probes:
+                sources += [probe.h_probe, probe.xw_probe]
+        grads = tape.gradient(scaled_loss, sources)
+        weight_grads = grads[: len(variables)]
+
+        statistics = {}
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        if record:
+            statistics = _statistics(
+                self, loss, weight_grads, grads[len(variables) :], recorder.probes
+            )
+            finite = statistics["finite"] > 0
+        elif settings.guard and not loss_scaled:
+            finite = _all_reduce_finite(weight_grads)
+            statistics["finite"] = tf.cast(finite, tf.float32)
+        if settings.guard and not loss_scaled:
+            _apply_if(finite, self.optimizer, weight_grads, variables)
+        else:
+            self.optimizer.apply(weight_grads, variables)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = dict(logs)
+        if statistics:
+            logs[STATISTICS_KEY] = statistics
+        return logs
+
+
+def _bind(step, record):
+    def train_step(data):
+        return step(data, record)
+
+    return train_step
+
+
+def _update_loss_metric(model, loss, x):
+    # As Keras's own train_step: the metric shows the loss of the global batch.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    batch_size = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
+    for metric in model.metrics:
+        if metric.name == "loss":
+            metric.update_state(loss * replicas, sample_weight=batch_size)
+
+
+def _layer_map(model):
+    """Top-level layer name and variable path of every trainable variable."""
+    owner = {}
+    for layer in model.layers:
+        for variable in layer.trainable_variables:
+            owner.setdefault(id(variable), layer.name)
+    layers = [owner.get(id(v), "(model)") for v in model.trainable_variables]
+    return layers, [v.path for v in model.trainable_variables]
+
+
+def _sum_replicas(values):
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def _dense(grad, variable):
+    if grad is None:
+        return tf.zeros_like(variable)
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.convert_to_tensor(grad)
+    return grad
+
+
+def _all_reduce_finite(grads):
+    bad = tf.add_n(
+        [
+            tf.reduce_sum(tf.cast(~tf.math.is_finite(_values(g)), tf.int32))
+            for g in grads
+            if g is not None
+        ]
+    )
+    return _sum_replicas(bad) == 0
+
+
+def _values(grad):
+    return grad.values if isinstance(grad, tf.IndexedSlices) else grad
+
+
+def _apply_if(finite, optimizer, grads, variables):
+    """optimizer.apply when `finite`, else nothing: weights and optimizer
+    state stay exactly as they were."""
+    context = tf.distribute.get_replica_context()
+    if not tf.distribute.has_strategy() or context is None:
+        tf.cond(finite, lambda: _apply(optimizer, grads, variables), _nothing)
+        return
+
+    # A cond in the replica context cannot hold optimizer.apply (it calls
+    # merge_call); do as keras.optimizers.LossScaleOptimizer: cond in the
+    # cross-replica context, apply in each replica.
+    def cross_replica(strategy, finite, grads):
+        finite = strategy.experimental_local_results(finite)[0]
+
+        def apply():
+            strategy.extended.call_for_each_replica(
+                optimizer.apply, args=(grads, variables)
+            )
+            return tf.constant(True)
+
+        tf.cond(finite, apply, _nothing)
+
+    context.merge_call(cross_replica, args=(finite, grads))
+
+
+def _apply(optimizer, grads, variables):
+    optimizer.apply(grads, variables)
+    return tf.constant(True)
+
+
+def _nothing():
+    return tf.constant(False)
+
+
+def _clip_scales(optimizer, grads, global_norm):
+    """Per-variable factors the optimizer's clipnorm/global_clipnorm apply
+    (1.0 where it does not clip, None for clipvalue, which is not a scaling)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    if optimizer.clipnorm and optimizer.clipnorm > 0:
+        clip = optimizer.clipnorm
+        return [clip / tf.maximum(tf.norm(g), clip) for g in grads]
+    if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:
+        clip = optimizer.global_clipnorm
+        scale = clip / tf.maximum(global_norm, clip)
+        return [scale] * len(grads)
+    if optimizer.clipvalue and optimizer.clipvalue > 0:
+        return None
+    return [tf.constant(1.0)] * len(grads)
+
+
+def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
+    variables = model.trainable_variables
+    optimizer = model.optimizer
+    unscale = 1.0
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        unscale = 1.0 / tf.cast(optimizer.dynamic_scale, tf.float32)
+
+    local = [
+        tf.cast(_dense(g, v), tf.float32) * unscale
+        for g, v in zip(weight_grads, variables)
+    ]
+    per_sublayer_local = []
+    for i, probe in enumerate(sublayer_probes):
+        dh = tf.cast(probe_grads[2 * i], tf.float32) * unscale
+        da = tf.cast(probe_grads[2 * i + 1], tf.float32) * unscale
+        outputs = tf.cast(probe.outputs, tf.float32)
+        h_prev = tf.concat([tf.cast(probe.initial_state, tf.float32)[None], outputs[:-1]], 0)
+        if probe.recurrent_dropout_mask is not None:
+            h_prev = h_prev * tf.cast(probe.recurrent_dropout_mask, tf.float32)
+        per_sublayer_local.append((dh, da, h_prev, outputs))
+
+    # Everything that sums over the batch is summed over replicas too.
+    summed = _sum_replicas(
+        {
+            "loss": tf.cast(loss, tf.float32),
+            "grads": local,
+            "dh_sq": [tf.reduce_sum(tf.square(dh), axis=[1, 2]) for dh, *_ in per_sublayer_local],
+            "dh_bad": [
+                tf.reduce_sum(tf.cast(~tf.math.is_finite(dh), tf.float32), axis=[1, 2])
+                for dh, *_ in per_sublayer_local
+            ],
+            "h_bad": [
+                tf.reduce_sum(tf.cast(~tf.math.is_finite(out), tf.float32), axis=[1, 2])
+                for *_, out in per_sublayer_local
+            ],
+        }
+    )
+    grads = summed["grads"]
+    variable_norms = tf.stack([tf.norm(g) for g in grads])
+    global_norm = tf.norm(variable_norms)
+    finite = tf.reduce_all(
+        tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    )
+    scales = _clip_scales(optimizer, grads, global_norm)
+    if scales is None:
+        applied = [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in grads]
+        scales = [tf.constant(1.0)] * len(grads)
+    else:
+        applied = [g * s for g, s in zip(grads, scales)]
+    applied_norm = tf.norm(tf.stack([tf.norm(g) for g in applied]))
+
+    # Each step's contribution to the applied recurrent-kernel gradient G,
+    # projected on G's direction: sum over steps (and over the sublayers that
+    # share the kernel) is ||G||.
+    index = {id(v): i for i, v in enumerate(variables)}
+    projections = []
+    for probe, (dh, da, h_prev, _) in zip(sublayer_probes, per_sublayer_local):
+        k = index[id(probe.layer.cell.level_weights(probe.level)[1])]
+        direction = applied[k] / tf.maximum(tf.norm(applied[k]), 1e-30)
+        projections.append(
+            scales[k] * tf.einsum("tbi,ij,tbj->t", h_prev, direction, da)
+        )
+    projections = _sum_replicas(projections) if projections else []
+
+    sublayers = {}
+    for i, probe in enumerate(sublayer_probes):
+        values = {
+            "grad_norm": tf.sqrt(summed["dh_sq"][i]),
+            "contribution": projections[i],
+            "grad_finite": tf.cast(summed["dh_bad"][i] == 0, tf.float32),
+            "forward_finite": tf.cast(summed["h_bad"][i] == 0, tf.float32),
+        }
+        if probe.layer.go_backwards:  # report in input order
+            values = {k: tf.reverse(v, [0]) for k, v in values.items()}
+        sublayers[probe.name] = values
+    model._gradient_sublayers = tuple(
+        SublayerInfo(p.name, p.layer, p.level, p.layer.go_backwards)
+        for p in sublayer_probes
+    )
+    statistics = {
+        "loss": summed["loss"],
+        "finite": tf.cast(finite, tf.float32),
+        "global_norm": global_norm,
+        "applied_norm": applied_norm,
+        "variable_norms": variable_norms,
+        "sublayers": sublayers,
+    }
+    if model._gradient_monitor_settings.histograms:
+        statistics["gradients"] = applied
+    return statistics
