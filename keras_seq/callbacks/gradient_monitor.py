@@ -340,10 +340,11 @@ class GradientMonitor(keras.callbacks.Callback):
                 if key.startswith(("norm/", "horizon/", "decay/")):
                     tf.summary.scalar(f"gradients/{key}", value)
             if self.histograms:
-                for path, gradient in zip(
-                    self.model._gradient_variable_names, statistics["gradients"]
-                ):
-                    tf.summary.histogram(f"gradients/values/{path}", gradient)
+                gradients = statistics["gradients"]
+                for i, path in enumerate(self.model._gradient_variable_names):
+                    tf.summary.histogram(
+                        f"gradients/values/{path}", gradients[f"{i:05d}"]
+                    )
 
     # -- results -------------------------------------------------------------
 

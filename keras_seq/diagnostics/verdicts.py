@@ -88,7 +88,8 @@ class SublayerDiagnosis:
         timesteps: sequence length T of the recorded batch.
         horizon: see `gradient_horizon`.
         decay: see `decay_factor`.
-        vanishing: horizon < `vanishing_fraction` * T.
+        vanishing: horizon < `vanishing_fraction` * T while the norm shrinks
+            going back (decay <= 1).
         nonfinite_timestep: first input time step whose forward state is
             non-finite, else the time step where the backward pass first
             became non-finite (processing order), else None.
@@ -123,13 +124,20 @@ class SublayerDiagnosis:
         nonfinite = _first_bad(forward_finite, last=reverse)
         if nonfinite is None:
             nonfinite = _first_bad(grad_finite, last=not reverse)
-        finite = nonfinite is None
+        decay = decay_factor(processing)
+        # A short horizon only means vanishing when the norm shrinks going
+        # back; when it grows (decay > 1) the early steps dominate instead.
+        vanishing = (
+            nonfinite is None
+            and horizon < vanishing_fraction * timesteps
+            and not decay > 1.0
+        )
         return cls(
             name=name,
             timesteps=timesteps,
             horizon=horizon,
-            decay=decay_factor(processing),
-            vanishing=bool(finite and horizon < vanishing_fraction * timesteps),
+            decay=decay,
+            vanishing=bool(vanishing),
             nonfinite_timestep=nonfinite,
         )
 

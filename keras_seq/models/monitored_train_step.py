@@ -314,5 +314,6 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
         "sublayers": sublayers,
     }
     if model._gradient_monitor_settings.histograms:
-        statistics["gradients"] = applied
+        # A dict, not a list: Keras would try to stack a list into one tensor.
+        statistics["gradients"] = {f"{i:05d}": g for i, g in enumerate(applied)}
     return statistics
