@@ -1,0 +1,91 @@
+"""The monitored training step trains exactly as Keras's own step, under the
+options Keras offers (clipping, loss scaling, steps_per_execution, XLA)."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_seq
+from keras_seq.callbacks import GradientMonitor
+from keras_seq.layers import SharedRNN
+
+
+def _data():
+    rng = np.random.RandomState(0)
+    return rng.randn(16, 6, 3).astype("float32"), rng.randn(16, 2).astype("float32")
+
+
+def _train(monitor, optimizer="adam", dropout=0.2, **compile_kwargs):
+    keras.utils.set_random_seed(3)
+    model = keras_seq.Sequential(
+        [
+            keras.Input((6, 3)),
+            SharedRNN(4, depth=2, dropout=dropout, recurrent_dropout=dropout, name="rnn"),
+            keras.layers.Dense(2, name="head", dtype="float32"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.get(optimizer), loss="mse", **compile_kwargs)
+    x, y = _data()
+    history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
+                        callbacks=[monitor] if monitor else [])
+    return model, history
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "adam",
+        {"class_name": "sgd", "config": {"learning_rate": 0.1, "clipnorm": 0.05}},
+        {"class_name": "rmsprop", "config": {"global_clipnorm": 0.1}},
+    ],
+    ids=["adam", "sgd-clipnorm", "rmsprop-global-clipnorm"],
+)
+def test_same_updates_as_keras(optimizer):
+    plain, plain_history = _train(None, optimizer)
+    monitored, history = _train(GradientMonitor(every=2), optimizer)
+    for a, b in zip(monitored.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(history.history["loss"], plain_history.history["loss"], rtol=1e-5)
+    assert list(history.history) == ["loss"]  # no statistics in History
+
+
+def test_steps_per_execution_records_the_last_step_of_each_execution():
+    plain, _ = _train(None, steps_per_execution=2)
+    monitor = GradientMonitor(every=1)
+    monitored, _ = _train(monitor, steps_per_execution=2)
+    assert monitor.to_frame().step.tolist() == [1, 3, 5, 7]
+    for a, b in zip(monitored.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # every=4 with executions of 2 steps records executions holding a multiple of 4
+    sparse = GradientMonitor(every=4)
+    _train(sparse, steps_per_execution=2)
+    assert sparse.to_frame().step.tolist() == [1, 5]
+
+
+def test_jit_compile_gives_the_same_statistics():
+    graph = GradientMonitor()
+    xla = GradientMonitor()
+    # No dropout: XLA draws other random numbers.
+    _train(graph, dropout=0.0, jit_compile=False)
+    _train(xla, dropout=0.0, jit_compile=True)
+    for column in ["global_norm", "norm/rnn", "horizon/rnn/level_0"]:
+        np.testing.assert_allclose(xla.to_frame()[column], graph.to_frame()[column], rtol=1e-4)
+    np.testing.assert_allclose(
+        xla.timestep_frame().grad_norm, graph.timestep_frame().grad_norm, rtol=1e-4
+    )
+
+
+def test_mixed_precision_undoes_loss_scaling():
+    reference = GradientMonitor()
+    _train(reference, dropout=0.0)
+    keras.config.set_dtype_policy("mixed_float16")
+    monitor = GradientMonitor()
+    mixed, _ = _train(monitor, dropout=0.0)
+    assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
+    frame, expected = monitor.to_frame(), reference.to_frame()
+    # Same first step (same weights and data), float16 precision.
+    np.testing.assert_allclose(frame.global_norm.iloc[0], expected.global_norm.iloc[0], rtol=2e-2)
+    first = monitor.timestep_frame().query("step == 0").grad_norm.to_numpy()
+    first_ref = reference.timestep_frame().query("step == 0").grad_norm.to_numpy()
+    np.testing.assert_allclose(first, first_ref, rtol=5e-2, atol=1e-3 * first_ref.max())
+    assert frame.finite.all()
