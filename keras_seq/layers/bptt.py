@@ -86,20 +86,17 @@ def _num_steps(x):
 
 def _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe):
     steps = _num_steps(xw)
-    xw_ta = tf.TensorArray(xw.dtype, size=steps).unstack(xw)
+    # Steps are read by index from the big tensors: a TensorArray.unstack
+    # would hold a second copy of them for the whole loop.
     out_ta = tf.TensorArray(xw.dtype, size=steps, element_shape=h0.shape)
-    mask_ta = None if mask is None else tf.TensorArray(
-        mask.dtype, size=steps).unstack(mask)
-    probe_ta = None if probe is None else tf.TensorArray(
-        probe.dtype, size=steps).unstack(probe)
 
     def body(t, h, out_ta):
         h_in = h if rmask is None else h * rmask
-        new_h = activation(xw_ta.read(t) + tf.matmul(h_in, recurrent_kernel))
-        if mask_ta is not None:
-            new_h = tf.where(mask_ta.read(t), new_h, h)
-        if probe_ta is not None:
-            new_h = new_h + probe_ta.read(t)
+        new_h = activation(xw[t] + tf.matmul(h_in, recurrent_kernel))
+        if mask is not None:
+            new_h = tf.where(mask[t], new_h, h)
+        if probe is not None:
+            new_h = new_h + probe[t]
         return t + 1, new_h, out_ta.write(t, new_h)
 
     _, _, out_ta = tf.while_loop(
@@ -112,10 +109,8 @@ def _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe):
     return out_ta.stack()
 
 
-def _activation_derivative(activation, name, outputs, xw, h_prev, recurrent_kernel):
-    """f'(a_t) for every step, as one tensor of the outputs' shape."""
-    if name in _DERIVATIVE_FROM_OUTPUT:
-        return _DERIVATIVE_FROM_OUTPUT[name](outputs)
+def _generic_derivative(activation, xw, h_prev, recurrent_kernel):
+    """f'(a_t) for every step of an element-wise activation, from autodiff."""
     pre_activation = xw + tf.einsum("tbi,ij->tbj", h_prev, recurrent_kernel)
     with tf.GradientTape() as tape:
         tape.watch(pre_activation)
@@ -123,34 +118,19 @@ def _activation_derivative(activation, name, outputs, xw, h_prev, recurrent_kern
     return tape.gradient(y, pre_activation)
 
 
-def _backward(
-    grad_outputs,
-    outputs,
-    xw,
-    h0,
-    recurrent_kernel,
-    activation,
-    name,
-    mask,
-    rmask,
-    want_dh,
-):
-    """Reverse loop: total dL/dh_t -> dL/da_t; weight gradients after it."""
-    steps = _num_steps(outputs)
+def _shifted(h0, outputs, rmask):
+    """h_{t-1} for every step (times the recurrent dropout mask)."""
     h_prev = tf.concat([h0[None], outputs[:-1]], axis=0)
-    if rmask is not None:
-        h_prev = h_prev * rmask
-    gain = _activation_derivative(
-        activation, name, outputs, xw, h_prev, recurrent_kernel
-    )
-    if mask is not None:
-        gain = tf.where(mask, gain, tf.zeros_like(gain))
-    kernel_t = tf.transpose(recurrent_kernel)
+    return h_prev if rmask is None else h_prev * rmask
 
-    g_ta = tf.TensorArray(grad_outputs.dtype, size=steps).unstack(grad_outputs)
-    gain_ta = tf.TensorArray(gain.dtype, size=steps).unstack(gain)
-    keep_ta = None if mask is None else tf.TensorArray(
-        outputs.dtype, size=steps).unstack(tf.cast(~mask, outputs.dtype))
+
+def _backward(grad_outputs, outputs, h0, recurrent_kernel, gain_of, mask, rmask, want_dh):
+    """Reverse loop: total dL/dh_t -> dL/da_t; weight gradients after it.
+
+    `gain_of(t)` returns f'(a_t) for step t.
+    """
+    steps = _num_steps(outputs)
+    kernel_t = tf.transpose(recurrent_kernel)
     da_ta = tf.TensorArray(outputs.dtype, size=steps, element_shape=h0.shape)
     dh_ta = (
         tf.TensorArray(outputs.dtype, size=steps, element_shape=h0.shape)
@@ -159,13 +139,17 @@ def _backward(
     )
 
     def body(t, carry, da_ta, *maybe_dh_ta):
-        dh = g_ta.read(t) + carry
-        da = dh * gain_ta.read(t)
+        dh = grad_outputs[t] + carry
+        gain = gain_of(t)
+        if mask is not None:
+            # A masked step passes dh straight to h_{t-1} and trains nothing.
+            gain = tf.where(mask[t], gain, tf.zeros_like(gain))
+        da = dh * gain
         carry = tf.matmul(da, kernel_t)
         if rmask is not None:
             carry = carry * rmask
-        if keep_ta is not None:
-            carry = carry + dh * keep_ta.read(t)
+        if mask is not None:
+            carry = carry + tf.where(mask[t], tf.zeros_like(dh), dh)
         extra = (maybe_dh_ta[0].write(t, dh),) if maybe_dh_ta else ()
         return (t - 1, carry, da_ta.write(t, da)) + extra
 
@@ -182,8 +166,36 @@ def _backward(
     grad_h0 = result[1]
     grad_xw = result[2].stack()
     grad_dh = result[3].stack() if dh_ta is not None else None
-    grad_kernel = tf.tensordot(h_prev, grad_xw, axes=[[0, 1], [0, 1]])
+    grad_kernel = tf.tensordot(
+        _shifted(h0, outputs, rmask), grad_xw, axes=[[0, 1], [0, 1]]
+    )
     return grad_xw, grad_h0, grad_kernel, grad_dh
+
+
+def _gradient_function(outputs, xw, h0, recurrent_kernel, activation, mask, rmask,
+                       want_dh):
+    name = activation_name(activation)
+    if name in _DERIVATIVE_FROM_OUTPUT:
+        # f'(a_t) is read off h_t inside the loop: xw need not be kept.
+        derivative = _DERIVATIVE_FROM_OUTPUT[name]
+        xw = None
+
+        def gain_of(t):
+            return derivative(outputs[t])
+
+    def grad(grad_outputs):
+        if xw is not None:
+            gain = _generic_derivative(
+                activation, xw, _shifted(h0, outputs, rmask), recurrent_kernel
+            )
+            gain_fn = gain.__getitem__
+        else:
+            gain_fn = gain_of
+        return _backward(
+            grad_outputs, outputs, h0, recurrent_kernel, gain_fn, mask, rmask, want_dh
+        )
+
+    return grad
 
 
 def recurrence(
@@ -217,36 +229,28 @@ def recurrence(
     if not explicit:
         return _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
 
-    name = activation_name(activation)
-
     if probe is None:
 
         @tf.custom_gradient
         def _run(xw, h0, recurrent_kernel):
             outputs = _forward(xw, h0, recurrent_kernel, activation, mask, rmask, None)
+            grad = _gradient_function(
+                outputs, xw, h0, recurrent_kernel, activation, mask, rmask, False
+            )
 
-            def grad(grad_outputs):
-                gxw, gh0, gk, _ = _backward(
-                    grad_outputs, outputs, xw, h0, recurrent_kernel,
-                    activation, name, mask, rmask, want_dh=False,
-                )
-                return gxw, gh0, gk
+            def gradients(grad_outputs):
+                return grad(grad_outputs)[:3]
 
-            return outputs, grad
+            return outputs, gradients
 
         return _run(xw, h0, recurrent_kernel)
 
     @tf.custom_gradient
     def _run_probed(xw, h0, recurrent_kernel, probe):
         outputs = _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
-
-        def grad(grad_outputs):
-            gxw, gh0, gk, gdh = _backward(
-                grad_outputs, outputs, xw, h0, recurrent_kernel,
-                activation, name, mask, rmask, want_dh=True,
-            )
-            return gxw, gh0, gk, gdh
-
+        grad = _gradient_function(
+            outputs, xw, h0, recurrent_kernel, activation, mask, rmask, True
+        )
         return outputs, grad
 
     return _run_probed(xw, h0, recurrent_kernel, probe)
