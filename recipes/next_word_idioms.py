@@ -2,9 +2,10 @@
 
 Trains `Embedding(mask_zero=True) -> SharedRNN(depth=2) -> Dense(softmax)` on
 every prefix of the ~200 built-in idioms ("feeling under the" -> "weather"),
-logs the run to TensorBoard under `runs/next_word_idioms/<timestamp>`, then
-completes a few prompts greedily and prints the final accuracy. Takes about
-a minute on 2 CPU cores.
+logs the run to TensorBoard under `runs/next_word_idioms/<timestamp>` (Keras's
+own scalars plus keras-seq's gradients through time), then completes a few
+prompts greedily and prints the final accuracy and the gradient diagnosis.
+Takes about a minute on 2 CPU cores.
 
     python recipes/next_word_idioms.py [--epochs 60] [--seed 0] [--log-dir DIR]
     tensorboard --logdir runs
@@ -80,6 +81,7 @@ def print_progress(epoch, logs):
         )
 
 
+monitor = keras_seq.callbacks.GradientMonitor(log_dir=log_dir, every=5)
 start = time.perf_counter()
 model.fit(
     x,
@@ -89,6 +91,7 @@ model.fit(
     verbose=0,
     callbacks=[
         keras.callbacks.TensorBoard(log_dir=str(log_dir)),
+        monitor,
         keras.callbacks.LambdaCallback(on_epoch_end=print_progress),
     ],
 )
@@ -122,4 +125,5 @@ print(
     f"\nfinal accuracy {accuracy:.3f} on all {len(y)} pairs (best possible "
     f"{ceiling:.3f}, as some prefixes start several idioms), loss {loss:.3f}"
 )
-print(f"TensorBoard logs: {log_dir}")
+print("\n" + monitor.report())
+print(f"\nTensorBoard logs: {log_dir}  (tensorboard --logdir {log_dir.parent})")

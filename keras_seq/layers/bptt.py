@@ -166,9 +166,15 @@ def _backward(grad_outputs, outputs, h0, recurrent_kernel, gain_of, mask, rmask,
     grad_h0 = result[1]
     grad_xw = result[2].stack()
     grad_dh = result[3].stack() if dh_ta is not None else None
-    grad_kernel = tf.tensordot(
-        _shifted(h0, outputs, rmask), grad_xw, axes=[[0, 1], [0, 1]]
-    )
+    if rmask is None:
+        # Sum_t h_{t-1}^T da_t without building the shifted (T, B, U) copy.
+        grad_kernel = tf.tensordot(
+            outputs[:-1], grad_xw[1:], axes=[[0, 1], [0, 1]]
+        ) + tf.matmul(h0, grad_xw[0], transpose_a=True)
+    else:
+        grad_kernel = tf.tensordot(
+            _shifted(h0, outputs, rmask), grad_xw, axes=[[0, 1], [0, 1]]
+        )
     return grad_xw, grad_h0, grad_kernel, grad_dh
 
 
