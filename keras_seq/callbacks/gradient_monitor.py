@@ -23,6 +23,7 @@ class MonitorSettings:
 
     guard: bool  # skip non-finite updates in the graph
     histograms: bool  # return the applied gradients on recorded steps
+    contributions: bool  # project each step's dL/dU on the applied gradient
 
 
 class GradientMonitor(keras.callbacks.Callback):
@@ -72,6 +73,10 @@ class GradientMonitor(keras.callbacks.Callback):
             explodes (see `keras_seq.diagnostics.is_exploding`).
         histograms: Default False. Write gradient histograms (copies every
             gradient to the host on recorded steps).
+        contributions: Default True. Compute each time step's contribution
+            to the recurrent-kernel gradient (one extra `(T*batch, units) x
+            (units, units)` matmul per sublayer on recorded steps); False
+            leaves the `contribution` column NaN.
         horizon_fraction: Default 1e-3, see `diagnostics.gradient_horizon`.
         vanishing_fraction: Default 0.1: a sublayer is vanishing when its
             horizon is shorter than this fraction of the sequence length.
@@ -108,6 +113,7 @@ class GradientMonitor(keras.callbacks.Callback):
         on_nan="stop",
         on_explode="warn",
         histograms=False,
+        contributions=True,
         horizon_fraction=1e-3,
         vanishing_fraction=0.1,
         explode_threshold=1e3,
@@ -117,6 +123,7 @@ class GradientMonitor(keras.callbacks.Callback):
         validation.check_choice("on_nan", on_nan, _ON_NAN)
         validation.check_choice("on_explode", on_explode, _ON_EXPLODE)
         validation.check_bool("histograms", histograms)
+        validation.check_bool("contributions", contributions)
         validation.check_rate("horizon_fraction", horizon_fraction)
         validation.check_rate("vanishing_fraction", vanishing_fraction)
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
@@ -130,6 +137,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self.on_nan = on_nan
         self.on_explode = on_explode
         self.histograms = histograms
+        self.contributions = contributions
         self.horizon_fraction = horizon_fraction
         self.vanishing_fraction = vanishing_fraction
         self.explode_threshold = explode_threshold
@@ -163,7 +171,9 @@ class GradientMonitor(keras.callbacks.Callback):
             )
         super().set_model(model)
         model._gradient_monitor_settings = MonitorSettings(
-            guard=self.on_nan in ("stop", "skip"), histograms=self.histograms
+            guard=self.on_nan in ("stop", "skip"),
+            histograms=self.histograms,
+            contributions=self.contributions,
         )
         model.train_function = None  # rebuilt with the monitored step
 
@@ -260,8 +270,9 @@ class GradientMonitor(keras.callbacks.Callback):
         self._variable_norms.append((step, stats["variable_norms"]))
         self.records.append(row)
 
+        # The verdict looks at the last 20 records only.
         exploding = finite and diagnostics.is_exploding(
-            [r["global_norm"] for r in self.records],
+            [r["global_norm"] for r in self.records[-21:]],
             threshold=self.explode_threshold,
             jump=self.explode_jump,
         )

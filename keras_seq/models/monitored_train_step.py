@@ -161,14 +161,11 @@ def _dense(grad, variable):
 
 
 def _all_reduce_finite(grads):
-    bad = tf.add_n(
-        [
-            tf.reduce_sum(tf.cast(~tf.math.is_finite(_values(g)), tf.int32))
-            for g in grads
-            if g is not None
-        ]
-    )
-    return _sum_replicas(bad) == 0
+    # One reduction per gradient: a sum is finite iff every term is (a sum
+    # that overflows float32 counts as non-finite, which is no loss).
+    sums = [tf.reduce_sum(tf.cast(_values(g), tf.float32)) for g in grads if g is not None]
+    total = _sum_replicas(tf.add_n(sums))
+    return tf.math.is_finite(total)
 
 
 def _values(grad):
@@ -210,8 +207,8 @@ def _nothing():
 
 
 def _clip_scales(optimizer, grads, global_norm):
-    """Per-variable factors the optimizer's clipnorm/global_clipnorm apply
-    (1.0 where it does not clip, None for clipvalue, which is not a scaling)."""
+    """Per-variable factors the optimizer's clipnorm/global_clipnorm apply,
+    "value" for clipvalue (not a scaling), None without clipping."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         optimizer = optimizer.inner_optimizer
     if optimizer.clipnorm and optimizer.clipnorm > 0:
@@ -222,81 +219,90 @@ def _clip_scales(optimizer, grads, global_norm):
         scale = clip / tf.maximum(global_norm, clip)
         return [scale] * len(grads)
     if optimizer.clipvalue and optimizer.clipvalue > 0:
-        return None
-    return [tf.constant(1.0)] * len(grads)
+        return "value"
+    return None
 
 
 def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
     variables = model.trainable_variables
     optimizer = model.optimizer
-    unscale = 1.0
+    settings = model._gradient_monitor_settings
+    unscale = None
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         unscale = 1.0 / tf.cast(optimizer.dynamic_scale, tf.float32)
 
-    local = [
-        tf.cast(_dense(g, v), tf.float32) * unscale
-        for g, v in zip(weight_grads, variables)
-    ]
-    per_sublayer_local = []
-    for i, probe in enumerate(sublayer_probes):
-        dh = tf.cast(probe_grads[2 * i], tf.float32) * unscale
-        da = tf.cast(probe_grads[2 * i + 1], tf.float32) * unscale
-        outputs = tf.cast(probe.outputs, tf.float32)
-        h_prev = tf.concat([tf.cast(probe.initial_state, tf.float32)[None], outputs[:-1]], 0)
-        if probe.recurrent_dropout_mask is not None:
-            h_prev = h_prev * tf.cast(probe.recurrent_dropout_mask, tf.float32)
-        per_sublayer_local.append((dh, da, h_prev, outputs))
+    def local(gradient):
+        gradient = tf.cast(gradient, tf.float32)
+        return gradient if unscale is None else gradient * unscale
 
-    # Everything that sums over the batch is summed over replicas too.
+    weight_local = [local(_dense(g, v)) for g, v in zip(weight_grads, variables)]
+    dh = [local(probe_grads[2 * i]) for i in range(len(sublayer_probes))]
+    da = [local(probe_grads[2 * i + 1]) for i in range(len(sublayer_probes))]
+    # Per-step sums: a non-finite element makes its step's sum non-finite.
     summed = _sum_replicas(
         {
             "loss": tf.cast(loss, tf.float32),
-            "grads": local,
-            "dh_sq": [tf.reduce_sum(tf.square(dh), axis=[1, 2]) for dh, *_ in per_sublayer_local],
-            "dh_bad": [
-                tf.reduce_sum(tf.cast(~tf.math.is_finite(dh), tf.float32), axis=[1, 2])
-                for dh, *_ in per_sublayer_local
-            ],
-            "h_bad": [
-                tf.reduce_sum(tf.cast(~tf.math.is_finite(out), tf.float32), axis=[1, 2])
-                for *_, out in per_sublayer_local
+            "grads": weight_local,
+            "dh_sq": [tf.reduce_sum(tf.square(g), axis=[1, 2]) for g in dh],
+            "h_sum": [
+                tf.reduce_sum(tf.cast(p.outputs, tf.float32), axis=[1, 2])
+                for p in sublayer_probes
             ],
         }
     )
     grads = summed["grads"]
     variable_norms = tf.stack([tf.norm(g) for g in grads])
     global_norm = tf.norm(variable_norms)
-    finite = tf.reduce_all(
-        tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-    )
+    finite = tf.math.is_finite(global_norm)
     scales = _clip_scales(optimizer, grads, global_norm)
     if scales is None:
-        applied = [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in grads]
-        scales = [tf.constant(1.0)] * len(grads)
+        applied, scales = grads, [1.0] * len(grads)
+        applied_norm = global_norm
     else:
-        applied = [g * s for g, s in zip(grads, scales)]
-    applied_norm = tf.norm(tf.stack([tf.norm(g) for g in applied]))
+        if scales == "value":
+            clip = optimizer.clipvalue
+            applied = [tf.clip_by_value(g, -clip, clip) for g in grads]
+            scales = [1.0] * len(grads)
+        else:
+            applied = [g * s for g, s in zip(grads, scales)]
+        applied_norm = tf.norm(tf.stack([tf.norm(g) for g in applied]))
 
-    # Each step's contribution to the applied recurrent-kernel gradient G,
-    # projected on G's direction: sum over steps (and over the sublayers that
-    # share the kernel) is ||G||.
-    index = {id(v): i for i, v in enumerate(variables)}
     projections = []
-    for probe, (dh, da, h_prev, _) in zip(sublayer_probes, per_sublayer_local):
-        k = index[id(probe.layer.cell.level_weights(probe.level)[1])]
-        direction = applied[k] / tf.maximum(tf.norm(applied[k]), 1e-30)
-        projections.append(
-            scales[k] * tf.einsum("tbi,ij,tbj->t", h_prev, direction, da)
-        )
-    projections = _sum_replicas(projections) if projections else []
+    if settings.contributions and sublayer_probes:
+        # Each step's contribution to the applied recurrent-kernel gradient G,
+        # projected on G's direction: over steps (and over the sublayers that
+        # share the kernel) they add up to ||G||.
+        index = {id(v): i for i, v in enumerate(variables)}
+        for probe, grad_a in zip(sublayer_probes, da):
+            k = index[id(probe.layer.cell.level_weights(probe.level)[1])]
+            direction = applied[k] / tf.maximum(tf.norm(applied[k]), 1e-30)
+            h_prev = tf.concat(
+                [probe.initial_state[None], probe.outputs[:-1]], axis=0
+            )
+            h_prev = tf.cast(h_prev, tf.float32)
+            if probe.recurrent_dropout_mask is not None:
+                h_prev = h_prev * tf.cast(probe.recurrent_dropout_mask, tf.float32)
+            projected = tf.reshape(
+                tf.matmul(tf.reshape(h_prev, [-1, direction.shape[0]]), direction),
+                tf.shape(grad_a),
+            )
+            projections.append(
+                scales[k] * tf.reduce_sum(projected * grad_a, axis=[1, 2])
+            )
+        projections = _sum_replicas(projections)
 
     sublayers = {}
     for i, probe in enumerate(sublayer_probes):
+        grad_norm = tf.sqrt(summed["dh_sq"][i])
         values = {
-            "grad_norm": tf.sqrt(summed["dh_sq"][i]),
-            "contribution": projections[i],
-            "grad_finite": tf.cast(summed["dh_bad"][i] == 0, tf.float32),
-            "forward_finite": tf.cast(summed["h_bad"][i] == 0, tf.float32),
+            "grad_norm": grad_norm,
+            "contribution": projections[i]
+            if projections
+            else tf.fill(tf.shape(grad_norm), float("nan")),
+            "grad_finite": tf.cast(tf.math.is_finite(grad_norm), tf.float32),
+            "forward_finite": tf.cast(
+                tf.math.is_finite(summed["h_sum"][i]), tf.float32
+            ),
         }
         if probe.layer.go_backwards:  # report in input order
             values = {k: tf.reverse(v, [0]) for k, v in values.items()}
@@ -313,7 +319,7 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
         "variable_norms": variable_norms,
         "sublayers": sublayers,
     }
-    if model._gradient_monitor_settings.histograms:
+    if settings.histograms:
         # A dict, not a list: Keras would try to stack a list into one tensor.
         statistics["gradients"] = {f"{i:05d}": g for i, g in enumerate(applied)}
     return statistics
