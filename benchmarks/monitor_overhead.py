@@ -17,6 +17,8 @@ repeats.
 - At T=1000 the sparse variant is `every=10`, not `every=100`: a fit of 20
   batches would record at most once with every=100, so every=10 keeps two
   recorded steps per fit, as every=100 has at T=100.
+- `every=1, contributions=False` leaves out the per-step contributions (one
+  `(T*batch, units) x (units, units)` matmul per sublayer).
 - Extra rows at depth 1, T=100: `every=100, on_nan="warn"` (no all-finite
   guard around the optimizer update, the only extra work of non-recording
   steps) and `every=1, log_dir=<temporary directory>` (TensorBoard writing,
@@ -51,10 +53,7 @@ import dataclasses
 import gc
 import json
 import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -65,7 +64,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from bench_env import environment, load_average  # noqa: E402
 
 import keras_seq  # noqa: E402
 
@@ -120,6 +119,7 @@ def variants(workload):
     rows = [
         Variant(NONE, None),
         Variant("every=1", 1),
+        Variant("every=1, contributions=False", 1, (("contributions", False),)),
         Variant(f"every={sparse}", sparse),
     ]
     if workload.depth == 1 and workload.timesteps == 100:
@@ -509,49 +509,6 @@ def method_note(workload_list, repeats):
         )
         for p in paragraphs
     )
-
-
-def git_revision():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "keras_seq"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (keras_seq/ has uncommitted changes)" if dirty else "")
-
-
-def load_average():
-    # Other processes on the machine skew the timings; this makes them visible.
-    return " ".join(f"{load:.2f}" for load in os.getloadavg()) + " (1, 5, 15 min)"
-
-
-def environment():
-    cpus = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    return {
-        "command": shlex.join([sys.executable] + sys.argv),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_seq": f"{keras_seq.__version__}, git {git_revision()}",
-        "numpy": np.__version__,
-        "cpus": f"{cpus} ({usable} usable by this process)",
-        "load average at start": load_average(),
-        "platform": platform.platform(),
-    }
 
 
 # ---------------------------------------------------------------- main

@@ -42,9 +42,7 @@ import functools
 import gc
 import json
 import os
-import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -55,7 +53,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from bench_env import environment, load_average  # noqa: E402
 
 import keras_seq  # noqa: E402
 
@@ -464,50 +462,6 @@ def targets_table(results):
     return "\n".join(lines)
 
 
-def git_revision():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "keras_seq"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (keras_seq/ has uncommitted changes)" if dirty else "")
-
-
-def load_average():
-    # Other processes on the machine skew the timings; this makes them visible.
-    return " ".join(f"{load:.2f}" for load in os.getloadavg()) + " (1, 5, 15 min)"
-
-
-def environment(torch_note):
-    cpus = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    return {
-        "command": shlex.join([sys.executable] + sys.argv),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_seq": f"{keras_seq.__version__}, git {git_revision()}",
-        "torch": torch_note,
-        "numpy": np.__version__,
-        "cpus": f"{cpus} ({usable} usable by this process)",
-        "load average at start": load_average(),
-        "platform": platform.platform(),
-    }
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -565,7 +519,7 @@ def main(argv=None):
 
     keras.utils.set_random_seed(0)
     args.torch, torch_note = torch_status(args.quick)
-    env = environment(torch_note)
+    env = environment(torch=torch_note)
     for key, value in env.items():
         print(f"{key}: {value}")
     print()

@@ -86,7 +86,9 @@ def timestep_gradients(model, x, y, mask=None, loss="mse"):
         outputs, records = [], []
         for layer in directions:
             levels = _levels(layer.get_weights(), layer.depth, layer.share_depth)
-            order, record, top = _direction(tape, x, tf_mask, levels, layer.go_backwards)
+            order, record, top = _direction(
+                tape, x, tf_mask, levels, layer.go_backwards
+            )
             zero_out = layer.zero_output_for_mask
             out = _layer_output(order, top, valid, layer.return_sequences, zero_out)
             if layer.go_backwards and layer.return_sequences and len(directions) == 2:

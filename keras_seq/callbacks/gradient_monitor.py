@@ -335,7 +335,9 @@ class GradientMonitor(keras.callbacks.Callback):
     def _get_writer(self):
         if self._writer is None:
             path = pathlib.Path(self.log_dir) / "gradients"
-            self._writer = tf.summary.create_file_writer(str(path))
+            # Flushed every few seconds (and at epoch ends, NaN and train end)
+            # so a crashed fit loses at most the last seconds of summaries.
+            self._writer = tf.summary.create_file_writer(str(path), flush_millis=5000)
         return self._writer
 
     def _write_scalars(self, row, statistics):
@@ -456,8 +458,7 @@ class GradientMonitor(keras.callbacks.Callback):
         return diagnostics.Diagnosis(
             step=step,
             sublayers=dict(self._latest),
-            exploding=bool(self._exploding_steps)
-            and self._exploding_steps[-1] == step,
+            exploding=bool(self._exploding_steps) and self._exploding_steps[-1] == step,
             exploding_steps=list(self._exploding_steps),
             nonfinite=self._nonfinite,
             skipped_steps=self.skipped_steps,

@@ -1,7 +1,6 @@
 import keras
 
 
-
 @keras.saving.register_keras_serializable(package="keras_seq")
 class SpectralNorm(keras.constraints.Constraint):
     """Bounds the spectral norm (largest singular value) of a weight matrix.

@@ -217,8 +217,10 @@ class Diagnosis:
                 f"{verdict} |"
             )
         lines.append("")
-        lines.append(f"- exploding: {'yes' if self.exploding else 'no'}"
-                     + (f" (steps {self.exploding_steps[:10]})" if self.exploding_steps else ""))
+        lines.append(
+            f"- exploding: {'yes' if self.exploding else 'no'}"
+            + (f" (steps {self.exploding_steps[:10]})" if self.exploding_steps else "")
+        )
         if self.nonfinite is not None:
             where = self.nonfinite.layer
             if self.nonfinite.timestep is not None:

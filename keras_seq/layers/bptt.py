@@ -124,7 +124,9 @@ def _shifted(h0, outputs, rmask):
     return h_prev if rmask is None else h_prev * rmask
 
 
-def _backward(grad_outputs, outputs, h0, recurrent_kernel, gain_of, mask, rmask, want_dh):
+def _backward(
+    grad_outputs, outputs, h0, recurrent_kernel, gain_of, mask, rmask, want_dh
+):
     """Reverse loop: total dL/dh_t -> dL/da_t; weight gradients after it.
 
     `gain_of(t)` returns f'(a_t) for step t.
@@ -178,8 +180,9 @@ def _backward(grad_outputs, outputs, h0, recurrent_kernel, gain_of, mask, rmask,
     return grad_xw, grad_h0, grad_kernel, grad_dh
 
 
-def _gradient_function(outputs, xw, h0, recurrent_kernel, activation, mask, rmask,
-                       want_dh):
+def _gradient_function(
+    outputs, xw, h0, recurrent_kernel, activation, mask, rmask, want_dh
+):
     name = activation_name(activation)
     if name in _DERIVATIVE_FROM_OUTPUT:
         # f'(a_t) is read off h_t inside the loop: xw need not be kept.

@@ -4,8 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_seq import _validation as validation
-from keras_seq.layers import bptt
-from keras_seq.layers import probes
+from keras_seq.layers import bptt, probes
 from keras_seq.layers.shared_rnn_cell import SharedRNNCell
 
 
@@ -194,9 +193,7 @@ class SharedRNN(keras.layers.RNN):
 
     def build(self, sequences_shape, initial_state_shape=None):
         super().build(sequences_shape, initial_state_shape)
-        self.input_spec = keras.layers.InputSpec(
-            ndim=3, axes={-1: self.cell.input_dim}
-        )
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: self.cell.input_dim})
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         self._check_call_inputs(sequences, initial_state, mask)
@@ -254,9 +251,7 @@ class SharedRNN(keras.layers.RNN):
             x = tf.reverse(x, [0])
             if time_mask is not None:
                 time_mask = tf.reverse(time_mask, [0])
-        input_masks, recurrent_masks = self.cell.dropout_masks(
-            tf.shape(x)[1], training
-        )
+        input_masks, recurrent_masks = self.cell.dropout_masks(tf.shape(x)[1], training)
         recorder = probes.active_recorder()
         states = []
         for level in range(self.depth):
@@ -271,8 +266,14 @@ class SharedRNN(keras.layers.RNN):
                 xw = xw + bias
             probe = None
             if recorder is not None:
-                xw, probe = recorder.add(self, level, xw, initial_state[level],
-                                         recurrent_masks[level], time_mask)
+                xw, probe = recorder.add(
+                    self,
+                    level,
+                    xw,
+                    initial_state[level],
+                    recurrent_masks[level],
+                    time_mask,
+                )
             x = bptt.recurrence(
                 xw,
                 tf.cast(initial_state[level], dtype),

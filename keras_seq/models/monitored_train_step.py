@@ -163,7 +163,9 @@ def _dense(grad, variable):
 def _all_reduce_finite(grads):
     # One reduction per gradient: a sum is finite iff every term is (a sum
     # that overflows float32 counts as non-finite, which is no loss).
-    sums = [tf.reduce_sum(tf.cast(_values(g), tf.float32)) for g in grads if g is not None]
+    sums = [
+        tf.reduce_sum(tf.cast(_values(g), tf.float32)) for g in grads if g is not None
+    ]
     total = _sum_replicas(tf.add_n(sums))
     return tf.math.is_finite(total)
 
@@ -276,9 +278,7 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
         for probe, grad_a in zip(sublayer_probes, da):
             k = index[id(probe.layer.cell.level_weights(probe.level)[1])]
             direction = applied[k] / tf.maximum(tf.norm(applied[k]), 1e-30)
-            h_prev = tf.concat(
-                [probe.initial_state[None], probe.outputs[:-1]], axis=0
-            )
+            h_prev = tf.concat([probe.initial_state[None], probe.outputs[:-1]], axis=0)
             h_prev = tf.cast(h_prev, tf.float32)
             if probe.recurrent_dropout_mask is not None:
                 h_prev = h_prev * tf.cast(probe.recurrent_dropout_mask, tf.float32)

@@ -22,7 +22,9 @@ def run(strategy, weights, x, y, nan_batch):
         model = keras_seq.Sequential(
             [
                 keras.Input((7, 3)),
-                keras_seq.layers.SharedRNN(5, depth=2, return_sequences=True, name="rnn"),
+                keras_seq.layers.SharedRNN(
+                    5, depth=2, return_sequences=True, name="rnn"
+                ),
                 keras.layers.SimpleRNN(4, name="simple"),
                 keras.layers.Dense(2, name="head"),
             ]

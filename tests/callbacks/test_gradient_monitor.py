@@ -31,7 +31,9 @@ def test_vanishing_found_for_small_recurrent_weights():
     x = np.random.RandomState(0).randn(8, steps, 2).astype("float32")
     y = np.ones((8, 1), "float32")
     small = _model(
-        SharedRNN(6, recurrent_initializer=keras.initializers.Orthogonal(0.1), name="rnn"),
+        SharedRNN(
+            6, recurrent_initializer=keras.initializers.Orthogonal(0.1), name="rnn"
+        ),
         steps,
     )
     monitor = GradientMonitor()
@@ -85,7 +87,10 @@ class _WeightSnapshots(keras.callbacks.Callback):
         self.before, self.after = {}, {}
 
     def _state(self):
-        return [v.numpy().copy() for v in self.model.weights + self.model.optimizer.variables]
+        return [
+            v.numpy().copy()
+            for v in self.model.weights + self.model.optimizer.variables
+        ]
 
     def on_train_batch_begin(self, batch, logs=None):
         self.before[batch] = self._state()
@@ -110,7 +115,11 @@ def test_nan_is_located_and_skipped_bit_for_bit():
     assert np.all(np.isfinite(model.get_weights()[0]))
     assert monitor.skipped_steps == 1
     nonfinite = monitor.diagnosis().nonfinite
-    assert (nonfinite.step, nonfinite.layer, nonfinite.timestep) == (1, "rnn/level_0", 3)
+    assert (nonfinite.step, nonfinite.layer, nonfinite.timestep) == (
+        1,
+        "rnn/level_0",
+        3,
+    )
     frame = monitor.to_frame()
     assert frame.finite.tolist() == [True, False, True]
     assert frame.skipped.tolist() == [False, True, False]
@@ -123,8 +132,15 @@ def test_nan_stops_with_the_last_good_weights():
     snapshots = _WeightSnapshots()
     monitor = GradientMonitor(on_nan="stop", every=2)  # batch 1 is not recorded
     with pytest.warns(UserWarning, match=r"Non-finite gradients at step 1.*last good"):
-        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
-                  callbacks=[snapshots, monitor])
+        model.fit(
+            x,
+            y,
+            batch_size=4,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[snapshots, monitor],
+        )
     assert sorted(snapshots.after) == [0, 1]  # stopped after the bad batch
     for before, after in zip(snapshots.before[1], snapshots.after[1]):
         np.testing.assert_array_equal(before, after)
@@ -173,7 +189,10 @@ def test_tensorboard_tags_match_the_frames(tmp_path):
     assert "| rnn/level_1 | 6 |" in markdown
     assert any(t.startswith("gradients/values/") for t in tags["tensors"])
     heatmaps = [t for t in tags["tensors"] if t.startswith("gradients/heatmap/")]
-    assert sorted(heatmaps) == ["gradients/heatmap/rnn/level_0", "gradients/heatmap/rnn/level_1"]
+    assert sorted(heatmaps) == [
+        "gradients/heatmap/rnn/level_0",
+        "gradients/heatmap/rnn/level_1",
+    ]
     events = accumulator.Tensors("gradients/heatmap/rnn/level_0")
     assert len(events) == 2  # one per epoch
     width, height, png = tensor_util.make_ndarray(events[-1].tensor_proto)
@@ -188,8 +207,14 @@ def test_works_next_to_keras_tensorboard(tmp_path):
     x = np.random.RandomState(0).randn(8, 6, 2).astype("float32")
     model = _model(SharedRNN(4, name="rnn"), 6)
     monitor = GradientMonitor(log_dir=tmp_path)
-    model.fit(x, np.ones((8, 1)), batch_size=4, verbose=0, validation_split=0.5,
-              callbacks=[keras.callbacks.TensorBoard(tmp_path, update_freq="batch"), monitor])
+    model.fit(
+        x,
+        np.ones((8, 1)),
+        batch_size=4,
+        verbose=0,
+        validation_split=0.5,
+        callbacks=[keras.callbacks.TensorBoard(tmp_path, update_freq="batch"), monitor],
+    )
     runs = sorted(p.name for p in tmp_path.iterdir())
     assert runs == ["gradients", "train", "validation"]
     train = event_accumulator.EventAccumulator(str(tmp_path / "train"))
@@ -206,12 +231,26 @@ def test_frames_and_save(tmp_path):
     frame = monitor.to_frame()
     assert frame.step.tolist() == [0, 2, 4]
     assert frame.epoch.tolist() == [0, 0, 1]
-    for column in ["step", "epoch", "loss", "global_norm", "finite",
-                   "norm/bidirectional", "norm/head",
-                   "horizon/forward_rnn/level_0", "decay/backward_rnn/level_0"]:
+    for column in [
+        "step",
+        "epoch",
+        "loss",
+        "global_norm",
+        "finite",
+        "norm/bidirectional",
+        "norm/head",
+        "horizon/forward_rnn/level_0",
+        "decay/backward_rnn/level_0",
+    ]:
         assert column in frame.columns
     steps = monitor.timestep_frame()
-    assert list(steps.columns) == ["step", "layer", "timestep", "grad_norm", "contribution"]
+    assert list(steps.columns) == [
+        "step",
+        "layer",
+        "timestep",
+        "grad_norm",
+        "contribution",
+    ]
     assert len(steps) == 3 * 2 * 5
     variables = monitor.variable_frame()
     # Per-layer norms are the root sum of squares of their variables' norms.
@@ -224,7 +263,9 @@ def test_frames_and_save(tmp_path):
     assert len(pd.read_csv(csv_steps)) == len(steps)
     parquet, parquet_steps = monitor.save(tmp_path / "grads.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(parquet_steps), steps)
-    with pytest.raises(ValueError, match=r"`path` must end in .csv or .parquet.*grads.txt"):
+    with pytest.raises(
+        ValueError, match=r"`path` must end in .csv or .parquet.*grads.txt"
+    ):
         monitor.save(tmp_path / "grads.txt")
 
 
@@ -232,8 +273,11 @@ def test_keras_layers_get_per_layer_norms():
     x = np.random.RandomState(0).randn(4, 6, 2).astype("float32")
     y = np.ones((4, 1), "float32")
     model = keras_seq.Sequential(
-        [keras.Input((6, 2)), keras.layers.LSTM(3, name="lstm"),
-         keras.layers.Dense(1, name="head")]
+        [
+            keras.Input((6, 2)),
+            keras.layers.LSTM(3, name="lstm"),
+            keras.layers.Dense(1, name="head"),
+        ]
     )
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     with tf.GradientTape() as tape:
@@ -244,8 +288,9 @@ def test_keras_layers_get_per_layer_norms():
     row = monitor.to_frame().iloc[0]
     lstm = np.sqrt(sum(np.sum(g.numpy() ** 2) for g in grads[:3]))
     assert row["norm/lstm"] == pytest.approx(lstm, rel=1e-5)
-    assert row["norm/head"] == pytest.approx(np.linalg.norm(np.concatenate(
-        [g.numpy().ravel() for g in grads[3:]])), rel=1e-5)
+    assert row["norm/head"] == pytest.approx(
+        np.linalg.norm(np.concatenate([g.numpy().ravel() for g in grads[3:]])), rel=1e-5
+    )
     assert monitor.timestep_frame().empty
 
 
@@ -261,18 +306,28 @@ def test_rejects_models_that_are_not_keras_seq():
     model = keras.Sequential([keras.Input((6, 2)), keras.layers.SimpleRNN(3)])
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(TypeError, match=r"keras_seq.Sequential\(model.layers\)"):
-        model.fit(np.ones((2, 6, 2)), np.ones((2, 3)), verbose=0,
-                  callbacks=[GradientMonitor()])
+        model.fit(
+            np.ones((2, 6, 2)),
+            np.ones((2, 3)),
+            verbose=0,
+            callbacks=[GradientMonitor()],
+        )
     inputs = keras.Input((6, 2))
     functional = keras.Model(inputs, keras.layers.SimpleRNN(3)(inputs))
-    with pytest.raises(TypeError, match=r"keras_seq.Model\(model.inputs, model.outputs\)"):
+    with pytest.raises(
+        TypeError, match=r"keras_seq.Model\(model.inputs, model.outputs\)"
+    ):
         GradientMonitor().set_model(functional)
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"every": 0}, ValueError, r"`every` must be an integer >= 1. Received: every=0"),
+        (
+            {"every": 0},
+            ValueError,
+            r"`every` must be an integer >= 1. Received: every=0",
+        ),
         ({"on_nan": "ignore"}, ValueError, r"`on_nan` must be one of .*'ignore'"),
         ({"on_explode": "skip"}, ValueError, r"`on_explode` must be one of .*'skip'"),
         ({"log_dir": 3}, TypeError, r"`log_dir` must be a path.*log_dir=3"),

@@ -18,7 +18,10 @@ def result():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
         [sys.executable, str(WORKER), "--nan"],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -29,8 +32,16 @@ def test_two_replicas_ran(result):
 
 
 @pytest.mark.parametrize(
-    "column", ["loss", "global_norm", "applied_norm", "norm/rnn", "norm/simple",
-               "norm/head", "horizon/rnn/level_1"]
+    "column",
+    [
+        "loss",
+        "global_norm",
+        "applied_norm",
+        "norm/rnn",
+        "norm/simple",
+        "norm/head",
+        "horizon/rnn/level_1",
+    ],
 )
 def test_step_statistics_equal_one_device(result, column):
     one, two = result["one"]["frame"], result["two"]["frame"]
@@ -45,13 +56,19 @@ def test_timestep_statistics_equal_one_device(result, column):
     a, b = np.array(two[column], float), np.array(one[column], float)
     finite = np.isfinite(b)
     assert finite.sum() == 2 * 2 * 7  # two finite steps x two sublayers x T
-    np.testing.assert_allclose(a[finite], b[finite], rtol=1e-5, atol=1e-6 * np.abs(b[finite]).max())
+    np.testing.assert_allclose(
+        a[finite], b[finite], rtol=1e-5, atol=1e-6 * np.abs(b[finite]).max()
+    )
 
 
 def test_nan_skip_works_across_replicas(result):
     for name in ("one", "two"):
         assert result[name]["skipped"] == 1
-        assert result[name]["nonfinite"] == {"step": 1, "layer": "rnn/level_0", "timestep": 2}
+        assert result[name]["nonfinite"] == {
+            "step": 1,
+            "layer": "rnn/level_0",
+            "timestep": 2,
+        }
         assert result[name]["frame"]["finite"] == [True, False, True]
     for a, b in zip(result["one"]["weights"], result["two"]["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)

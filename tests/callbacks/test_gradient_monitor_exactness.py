@@ -30,12 +30,14 @@ def _fit_one_step(rnn, x, y, masked, optimizer=None, **compile_kwargs):
     if masked:
         layers.append(keras.layers.Masking(0.0))
     model = keras_seq.Sequential(layers + [rnn, keras.layers.Dense(2)])
-    model.compile(optimizer=optimizer or keras.optimizers.SGD(0.1), loss="mse",
-                  **compile_kwargs)
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(0.1), loss="mse", **compile_kwargs
+    )
     before = [w.copy() for w in model.get_weights()]
     monitor = GradientMonitor(every=1)
-    model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0,
-              callbacks=[monitor])
+    model.fit(
+        x, y, batch_size=B, epochs=1, shuffle=False, verbose=0, callbacks=[monitor]
+    )
     return model, monitor, before
 
 
@@ -44,7 +46,11 @@ def _reference(model, before, x, y, mask):
     # step started from, for the eager reference.
     reference = keras_seq.Sequential(
         [keras.Input((T, F))]
-        + [layer for layer in model.layers if not isinstance(layer, keras.layers.Masking)]
+        + [
+            layer
+            for layer in model.layers
+            if not isinstance(layer, keras.layers.Masking)
+        ]
     )
     after = model.get_weights()
     model.set_weights(before)
@@ -57,8 +63,9 @@ def _reference(model, before, x, y, mask):
 CASES = {
     "depth1": dict(rnn=lambda: SharedRNN(U, name="rnn"), masked=False),
     "depth3-shared-sequences": dict(
-        rnn=lambda: SharedRNN(U, depth=3, share_depth=True, return_sequences=True,
-                              name="rnn"),
+        rnn=lambda: SharedRNN(
+            U, depth=3, share_depth=True, return_sequences=True, name="rnn"
+        ),
         masked=False,
     ),
     "depth2-go-backwards-masked": dict(
@@ -87,14 +94,19 @@ def test_timestep_norms_and_contributions_match_eager_reference(case):
         rows = frame[frame.layer == name].sort_values("timestep")
         np.testing.assert_allclose(rows.grad_norm, norms[name], rtol=1e-4, atol=1e-9)
         np.testing.assert_allclose(
-            rows.contribution, contributions[name], rtol=1e-4,
+            rows.contribution,
+            contributions[name],
+            rtol=1e-4,
             atol=1e-4 * np.abs(contributions[name]).max(),
         )
     assert monitor.to_frame().loss.iloc[0] == pytest.approx(loss, rel=1e-5)
 
 
-@pytest.mark.parametrize("clip", [{}, {"clipnorm": 0.01}, {"global_clipnorm": 0.02}],
-                         ids=["no-clip", "clipnorm", "global-clipnorm"])
+@pytest.mark.parametrize(
+    "clip",
+    [{}, {"clipnorm": 0.01}, {"global_clipnorm": 0.02}],
+    ids=["no-clip", "clipnorm", "global-clipnorm"],
+)
 def test_contributions_sum_to_the_applied_gradient(clip):
     x, y, _ = _data(seed=1)
     lr = 1.0  # large steps keep float32 weight differences precise
@@ -113,7 +125,9 @@ def test_contributions_sum_to_the_applied_gradient(clip):
         total = frame[frame.layer.isin(names)].contribution.sum()
         np.testing.assert_allclose(total, np.linalg.norm(gradient), rtol=1e-5)
     row = monitor.to_frame().iloc[0]
-    applied_all = np.sqrt(sum(np.sum(((b - a) / lr) ** 2) for b, a in zip(before, after)))
+    applied_all = np.sqrt(
+        sum(np.sum(((b - a) / lr) ** 2) for b, a in zip(before, after))
+    )
     np.testing.assert_allclose(row.applied_norm, applied_all, rtol=1e-5)
     if clip:
         assert row.global_norm > row.applied_norm

@@ -11,7 +11,11 @@ from keras_seq.layers import SharedRNN, SharedRNNCell
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"units": 0}, ValueError, r"`units` must be an integer >= 1. Received: units=0"),
+        (
+            {"units": 0},
+            ValueError,
+            r"`units` must be an integer >= 1. Received: units=0",
+        ),
         ({"units": -3}, ValueError, r"units=-3"),
         ({"units": 2.5}, TypeError, r"`units` must be an integer >= 1.*units=2.5"),
         ({"units": 4, "depth": 0}, ValueError, r"`depth` must be .*depth=0"),
@@ -42,7 +46,11 @@ from keras_seq.layers import SharedRNN, SharedRNNCell
             ValueError,
             r"`recurrent_constraint` could not be interpreted",
         ),
-        ({"units": 4, "dropout": 1.0}, ValueError, r"`dropout` must be a float in \[0, 1\)"),
+        (
+            {"units": 4, "dropout": 1.0},
+            ValueError,
+            r"`dropout` must be a float in \[0, 1\)",
+        ),
         (
             {"units": 4, "recurrent_dropout": -0.1},
             ValueError,
@@ -73,24 +81,32 @@ def test_wrong_rank(sequences):
 def test_wrong_feature_size(sequences):
     layer = SharedRNN(4)
     layer(sequences)
-    with pytest.raises(ValueError, match=r"expected axis -1 .* value 4.*shape \(3, 6, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"expected axis -1 .* value 4.*shape \(3, 6, 5\)"
+    ):
         layer(np.zeros((3, 6, 5), "float32"))
 
 
 def test_integer_inputs():
-    with pytest.raises(TypeError, match=r"floating-point `sequences`.*int32.*Embedding"):
+    with pytest.raises(
+        TypeError, match=r"floating-point `sequences`.*int32.*Embedding"
+    ):
         SharedRNN(4)(np.zeros((2, 3, 4), "int32"))
 
 
 def test_mask_of_wrong_shape(sequences):
-    with pytest.raises(ValueError, match=r"`mask` of shape \(batch, timesteps\) = \(3, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"`mask` of shape \(batch, timesteps\) = \(3, 6\)"
+    ):
         SharedRNN(4)(sequences, mask=np.ones((3, 5), bool))
 
 
 def test_initial_state_count_and_shape(sequences):
     with pytest.raises(ValueError, match=r"depth=2 .* list of 2 tensors.*Received 1"):
         SharedRNN(4, depth=2)(sequences, initial_state=[np.zeros((3, 4), "float32")])
-    with pytest.raises(ValueError, match=r"shape \(batch, 4\). Received shape \(3, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"shape \(batch, 4\). Received shape \(3, 5\)"
+    ):
         SharedRNN(4)(sequences, initial_state=[np.zeros((3, 5), "float32")])
 
 

@@ -68,7 +68,9 @@ def test_keras_file_round_trip_keeps_sharing(tmp_path, sequences, make_rnn):
     assert loaded.count_params() == model.count_params()
     for a, b in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert_close(loaded.predict(sequences, verbose=0), model.predict(sequences, verbose=0))
+    assert_close(
+        loaded.predict(sequences, verbose=0), model.predict(sequences, verbose=0)
+    )
 
     # Sharing is real after loading: every level >= 1 uses the same variables.
     for layer in loaded.layers[0]._flatten_layers():

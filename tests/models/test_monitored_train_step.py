@@ -20,14 +20,25 @@ def _train(monitor, optimizer="adam", dropout=0.2, **compile_kwargs):
     model = keras_seq.Sequential(
         [
             keras.Input((6, 3)),
-            SharedRNN(4, depth=2, dropout=dropout, recurrent_dropout=dropout, name="rnn"),
+            SharedRNN(
+                4, depth=2, dropout=dropout, recurrent_dropout=dropout, name="rnn"
+            ),
             keras.layers.Dense(2, name="head", dtype="float32"),
         ]
     )
-    model.compile(optimizer=keras.optimizers.get(optimizer), loss="mse", **compile_kwargs)
+    model.compile(
+        optimizer=keras.optimizers.get(optimizer), loss="mse", **compile_kwargs
+    )
     x, y = _data()
-    history = model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
-                        callbacks=[monitor] if monitor else [])
+    history = model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[monitor] if monitor else [],
+    )
     return model, history
 
 
@@ -45,7 +56,9 @@ def test_same_updates_as_keras(optimizer):
     monitored, history = _train(GradientMonitor(every=2), optimizer)
     for a, b in zip(monitored.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(history.history["loss"], plain_history.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        history.history["loss"], plain_history.history["loss"], rtol=1e-5
+    )
     assert list(history.history) == ["loss"]  # no statistics in History
 
 
@@ -69,7 +82,9 @@ def test_jit_compile_gives_the_same_statistics():
     _train(graph, dropout=0.0, jit_compile=False)
     _train(xla, dropout=0.0, jit_compile=True)
     for column in ["global_norm", "norm/rnn", "horizon/rnn/level_0"]:
-        np.testing.assert_allclose(xla.to_frame()[column], graph.to_frame()[column], rtol=1e-4)
+        np.testing.assert_allclose(
+            xla.to_frame()[column], graph.to_frame()[column], rtol=1e-4
+        )
     np.testing.assert_allclose(
         xla.timestep_frame().grad_norm, graph.timestep_frame().grad_norm, rtol=1e-4
     )
@@ -84,7 +99,9 @@ def test_mixed_precision_undoes_loss_scaling():
     assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
     frame, expected = monitor.to_frame(), reference.to_frame()
     # Same first step (same weights and data), float16 precision.
-    np.testing.assert_allclose(frame.global_norm.iloc[0], expected.global_norm.iloc[0], rtol=2e-2)
+    np.testing.assert_allclose(
+        frame.global_norm.iloc[0], expected.global_norm.iloc[0], rtol=2e-2
+    )
     first = monitor.timestep_frame().query("step == 0").grad_norm.to_numpy()
     first_ref = reference.timestep_frame().query("step == 0").grad_norm.to_numpy()
     np.testing.assert_allclose(first, first_ref, rtol=5e-2, atol=1e-3 * first_ref.max())

@@ -1,0 +1,58 @@
+"""What every benchmark prints about the machine and the code it measured."""
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_seq
+
+
+def git_revision():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "keras_seq"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" (keras_seq/ has uncommitted changes)" if dirty else "")
+
+
+def load_average():
+    # Other processes on the machine skew the timings; this makes them visible.
+    return " ".join(f"{load:.2f}" for load in os.getloadavg()) + " (1, 5, 15 min)"
+
+
+def environment(**extra):
+    """Versions, command line, CPUs and load; `extra` items follow keras_seq."""
+    cpus = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    return {
+        "command": shlex.join([sys.executable] + sys.argv),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_seq": f"{keras_seq.__version__}, git {git_revision()}",
+        **extra,
+        "numpy": np.__version__,
+        "cpus": f"{cpus} ({usable} usable by this process)",
+        "load average at start": load_average(),
+        "platform": platform.platform(),
+    }
