@@ -151,6 +151,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self._latest = {}  # sublayer -> SublayerDiagnosis of the last record
         self._writer = None
         self._layout_written = False
+        self._scalar_writers = {}  # column keys -> tf.function writing them
         self._step = 0
         self._epoch = 0
 
@@ -342,16 +343,19 @@ class GradientMonitor(keras.callbacks.Callback):
 
     def _write_scalars(self, row, statistics):
         writer = self._get_writer()
+        row = dict(row, skipped_steps=self.skipped_steps)
+        keys = ("global_norm", "applied_norm", "loss", "skipped_steps") + tuple(
+            k for k in row if k.startswith(("norm/", "horizon/", "decay/"))
+        )
         with writer.as_default(step=row["step"]):
             if not self._layout_written:
                 _write_layout()
                 self._layout_written = True
-            for key in ("global_norm", "applied_norm", "loss"):
-                tf.summary.scalar(f"gradients/{key}", row[key])
-            tf.summary.scalar("gradients/skipped_steps", self.skipped_steps)
-            for key, value in row.items():
-                if key.startswith(("norm/", "horizon/", "decay/")):
-                    tf.summary.scalar(f"gradients/{key}", value)
+            # One graph call per record instead of one eager op per scalar.
+            write = self._scalar_writers.get(keys)
+            if write is None:
+                write = self._scalar_writers[keys] = _scalar_writer(keys)
+            write(np.array([row[k] for k in keys], np.float32), np.int64(row["step"]))
             if self.histograms:
                 gradients = statistics["gradients"]
                 for i, path in enumerate(self.model._gradient_variable_names):
@@ -467,6 +471,17 @@ class GradientMonitor(keras.callbacks.Callback):
     def report(self):
         """The diagnosis as plain text."""
         return self.diagnosis().report()
+
+
+def _scalar_writer(keys):
+    tags = [f"gradients/{key}" for key in keys]
+
+    @tf.function(reduce_retracing=True)
+    def write(values, step):
+        for i, tag in enumerate(tags):
+            tf.summary.scalar(tag, values[i], step=step)
+
+    return write
 
 
 def _write_layout():
