@@ -24,15 +24,16 @@ _VIRIDIS = np.array(
 _MISSING = np.array([128, 128, 128], dtype=np.uint8)
 
 
-def log_norm_heatmap(norms, max_width=1024, max_height=512, min_cell=4):
+def log_norm_heatmap(norms, max_width=1024, max_height=256, size=256):
     """RGB image of log10(norms).
 
     Args:
         norms: 2-D array, rows = recorded training steps (oldest first),
             columns = time steps (input order); NaN where missing.
-        max_width, max_height: the image is at most this large; columns or
-            rows beyond it are averaged (in log space) into pixels.
-        min_cell: smallest cell size in pixels, so short runs stay visible.
+        max_width, max_height: at most this many columns and rows of cells;
+            more are averaged (in log space) into one.
+        size: cells are enlarged (up to 32 px wide, 8 px high) until the
+            image is about this many pixels wide and high.
 
     Returns:
         `(height, width, 3)` uint8 array; row 0 is the oldest training step.
@@ -60,8 +61,8 @@ def log_norm_heatmap(norms, max_width=1024, max_height=512, min_cell=4):
         colours = _VIRIDIS[left] * (1 - weight) + _VIRIDIS[left + 1] * weight
         image[finite] = np.round(colours).astype(np.uint8)
 
-    rows = max(1, min(min_cell, max_height // image.shape[0]))
-    cols = max(1, min(min_cell, max_width // image.shape[1]))
+    rows = max(1, min(8, size // image.shape[0]))
+    cols = max(1, min(32, size // image.shape[1]))
     return np.repeat(np.repeat(image, rows, axis=0), cols, axis=1)
 
 
