@@ -18,6 +18,8 @@ import keras_seq
         keras_seq.constraints,
         keras_seq.initializers,
         keras_seq.data,
+        keras_seq.callbacks,
+        keras_seq.diagnostics,
     ],
     ids=lambda m: m.__name__,
 )

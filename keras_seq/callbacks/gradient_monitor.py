@@ -21,6 +21,7 @@ _ON_EXPLODE = ("warn", "stop")
 class MonitorSettings:
     """What the monitored training step must do (read at trace time)."""
 
+    counters: object  # tf.Variable [steps, non-finite steps, first, last]
     guard: bool  # skip non-finite updates in the graph
     histograms: bool  # return the applied gradients on recorded steps
     contributions: bool  # project each step's dL/dU on the applied gradient
@@ -152,7 +153,10 @@ class GradientMonitor(keras.callbacks.Callback):
         self._writer = None
         self._layout_written = False
         self._scalar_writers = {}  # column keys -> tf.function writing them
-        self._step = 0
+        self._counters = None
+        self._counters_model = None
+        self._next_step = 0  # index of the next training step
+        self._bad_seen = 0  # non-finite steps already reported
         self._epoch = 0
 
     # -- attaching -----------------------------------------------------------
@@ -171,7 +175,21 @@ class GradientMonitor(keras.callbacks.Callback):
                 f"(weights are kept): model = {fix}"
             )
         super().set_model(model)
+        if self._counters is None or self._counters_model is not model:
+            optimizer = getattr(model, "optimizer", None)
+            start = 0 if optimizer is None else int(optimizer.iterations.numpy())
+            with model.distribute_strategy.scope():
+                # Counted in the graph on every step, so steps inside one
+                # execution (steps_per_execution > 1) are not missed.
+                self._counters = tf.Variable(
+                    [start, 0, -1, -1],
+                    dtype=tf.int64,
+                    trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+            self._counters_model = model
         model._gradient_monitor_settings = MonitorSettings(
+            counters=self._counters,
             guard=self.on_nan in ("stop", "skip"),
             histograms=self.histograms,
             contributions=self.contributions,
@@ -185,31 +203,33 @@ class GradientMonitor(keras.callbacks.Callback):
     # -- training hooks ------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        self._step = int(self.model.optimizer.iterations.numpy())
+        self._next_step, self._bad_seen = (int(v) for v in self._counters.numpy()[:2])
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._batch_begin = batch
-        steps = self.model.steps_per_execution
-        last = self._step + steps - 1
-        self._recording = (last // self.every) * self.every >= self._step
+        # Record an execution (steps_per_execution steps) holding a multiple
+        # of `every`; its last step's statistics come back.
+        first = self._next_step
+        last = first + self.model.steps_per_execution - 1
+        self._recording = (last // self.every) * self.every >= first
         functions = self.model._gradient_train_functions
         self.model.train_function = functions[self._recording]
 
     def on_train_batch_end(self, batch, logs=None):
-        steps = batch - self._batch_begin + 1
-        step = self._step + steps - 1  # the step whose statistics we have
-        self._step += steps
+        steps, bad, _, last_bad = (int(v) for v in self._counters.numpy())
+        step = steps - 1  # the last step run
+        new_bad = bad - self._bad_seen
+        self._next_step, self._bad_seen = steps, bad
+        location = (None, None)
         statistics = self.model._gradient_statistics
-        if statistics is None:
-            return
-        finite = bool(statistics["finite"])
-        if self._recording:
-            self._record(step, logs or {}, statistics)
-        elif not finite:
-            self._on_nonfinite(step, layer=None, timestep=None)
+        if self._recording and statistics is not None:
+            location = self._record(step, statistics)
+        if new_bad:
+            if last_bad != step:
+                location = (None, None)  # not the recorded step
+            self._on_nonfinite(last_bad, *location, count=new_bad)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.log_dir is None or not self.records:
@@ -226,10 +246,12 @@ class GradientMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            self._scalar_writers.clear()  # they hold the closed writer
 
     # -- recording -----------------------------------------------------------
 
-    def _record(self, step, logs, statistics):
+    def _record(self, step, statistics):
+        """Append one recorded step; return where non-finite values start."""
         stats = {
             k: np.asarray(v)
             for k, v in statistics.items()
@@ -243,12 +265,13 @@ class GradientMonitor(keras.callbacks.Callback):
             "global_norm": float(stats["global_norm"]),
             "applied_norm": float(stats["applied_norm"]),
             "finite": finite,
-            "skipped": (not finite) and self.on_nan != "warn",
+            # A LossScaleOptimizer skips non-finite steps itself.
+            "skipped": (not finite) and (self.on_nan != "warn" or self._loss_scaling),
         }
         for layer, norm in self._layer_norms(stats["variable_norms"]).items():
             row[f"norm/{layer}"] = norm
         sublayer_info = {s.name: s for s in self.model._gradient_sublayers}
-        first_bad = None
+        finiteness = []
         for name, values in statistics["sublayers"].items():
             values = {k: np.asarray(v) for k, v in values.items()}
             verdict = diagnostics.SublayerDiagnosis.from_norms(
@@ -266,8 +289,14 @@ class GradientMonitor(keras.callbacks.Callback):
             self._timesteps.append(
                 (step, name, values["grad_norm"], values["contribution"])
             )
-            if first_bad is None and verdict.nonfinite_timestep is not None:
-                first_bad = (name, verdict.nonfinite_timestep)
+            finiteness.append(
+                (
+                    name,
+                    values["forward_finite"] > 0,
+                    values["grad_finite"] > 0,
+                    sublayer_info[name].reverse,
+                )
+            )
         self._variable_norms.append((step, stats["variable_norms"]))
         self.records.append(row)
 
@@ -281,15 +310,12 @@ class GradientMonitor(keras.callbacks.Callback):
             self._exploding_steps.append(step)
         if self.log_dir is not None:
             self._write_scalars(row, statistics)
+        location = (None, None)
         if not finite:
-            if first_bad is None:
-                bad_layers = [
-                    k[len("norm/") :]
-                    for k, v in row.items()
-                    if k.startswith("norm/") and not np.isfinite(v)
-                ]
-                first_bad = (bad_layers[0] if bad_layers else None, None)
-            self._on_nonfinite(step, *first_bad)
+            norms = {
+                k[len("norm/") :]: v for k, v in row.items() if k.startswith("norm/")
+            }
+            location = diagnostics.locate_nonfinite(row["loss"], finiteness, norms)
         elif exploding:
             message = (
                 f"Exploding gradients at step {step}: global norm "
@@ -299,31 +325,40 @@ class GradientMonitor(keras.callbacks.Callback):
                 self.model.stop_training = True
                 message += " Stopping training (on_explode='stop')."
             warnings.warn(message, stacklevel=2)
+        return location
 
-    def _on_nonfinite(self, step, layer, timestep):
+    def _on_nonfinite(self, step, layer, timestep, count=1):
         if self._nonfinite is None:
             self._nonfinite = diagnostics.NonFinite(step, layer, timestep)
         where = "" if layer is None else f" in {layer}"
         if timestep is not None:
             where += f" at time step {timestep}"
+        what = "A non-finite loss" if self._loss_scaling else "Non-finite gradients"
+        what += f" at step {step}{where}"
+        if count > 1:
+            what += f" ({count} such steps since the last batch)"
+        if self._loss_scaling or self.on_nan != "warn":
+            self.skipped_steps += count
         if self.on_nan == "warn":
-            warnings.warn(
-                f"Non-finite gradients at step {step}{where}; the update was "
-                "applied (on_nan='warn').",
-                stacklevel=2,
+            applied = (
+                "skipped by the LossScaleOptimizer" if self._loss_scaling else "applied"
             )
-            return
-        self.skipped_steps += 1
-        if self.on_nan == "stop":
+            warnings.warn(
+                f"{what}; the update was {applied} (on_nan='warn').", stacklevel=2
+            )
+        elif self.on_nan == "stop":
             self.model.stop_training = True
             warnings.warn(
-                f"Non-finite gradients at step {step}{where}. The update was "
-                "not applied; stopping with the weights of the last good step "
-                "(on_nan='stop').",
+                f"{what}. The update was not applied; stopping with the weights "
+                "of the last good step (on_nan='stop').",
                 stacklevel=2,
             )
         if self._writer is not None:
             self._writer.flush()
+
+    @property
+    def _loss_scaling(self):
+        return isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer)
 
     def _layer_norms(self, variable_norms):
         squares = {}

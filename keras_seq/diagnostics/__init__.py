@@ -8,6 +8,7 @@ from keras_seq.diagnostics.verdicts import (
     decay_factor,
     gradient_horizon,
     is_exploding,
+    locate_nonfinite,
 )
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "decay_factor",
     "gradient_horizon",
     "is_exploding",
+    "locate_nonfinite",
 ]

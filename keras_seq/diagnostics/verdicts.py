@@ -151,6 +151,38 @@ def _first_bad(finite, last):
     return int(bad[-1] if last else bad[0])
 
 
+def locate_nonfinite(loss, sublayers, layer_norms):
+    """Where non-finite values start in one recorded step.
+
+    Args:
+        loss: the step's loss.
+        sublayers: `(name, forward_finite, grad_finite, reverse)` per
+            recurrent sublayer in forward order; vectors in input order.
+        layer_norms: `{layer: gradient norm}` in forward order.
+
+    Returns:
+        `(layer, timestep)`: the first sublayer whose state went non-finite
+        (forward order, first step it meets); else `("loss", None)` for a
+        non-finite loss; else the sublayer the backward pass meets first
+        (reverse forward order, first step it meets); else the first layer
+        with a non-finite gradient norm and None; else `(None, None)`.
+    """
+    for name, forward_finite, _, reverse in sublayers:
+        step = _first_bad(forward_finite, last=reverse)
+        if step is not None:
+            return name, step
+    if not np.isfinite(loss):
+        return "loss", None
+    for name, _, grad_finite, reverse in reversed(list(sublayers)):
+        step = _first_bad(grad_finite, last=not reverse)
+        if step is not None:
+            return name, step
+    for layer, norm in layer_norms.items():
+        if not np.isfinite(norm):
+            return layer, None
+    return None, None
+
+
 @dataclasses.dataclass
 class NonFinite:
     """Where non-finite gradients were first seen.

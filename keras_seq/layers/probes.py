@@ -28,44 +28,45 @@ class SublayerProbe:
 
     layer: object
     level: int
+    call: int  # 0, or 1, 2, ... when the layer is called again in one step
     xw_probe: tf.Tensor
     h_probe: tf.Tensor
     initial_state: tf.Tensor
     recurrent_dropout_mask: object = None
-    time_mask: object = None
     outputs: object = None
 
     @property
     def name(self):
-        return f"{self.layer.name}/level_{self.level}"
+        suffix = f"#{self.call}" if self.call else ""
+        return f"{self.layer.name}{suffix}/level_{self.level}"
 
 
 class ProbeRecorder:
     """Collects the probes of every `SharedRNN` sublayer called while active.
 
     Args:
-        tape: optional `tf.GradientTape` that must watch the probes.
+        tape: the `tf.GradientTape` that must watch the probes.
     """
 
-    def __init__(self, tape=None):
+    def __init__(self, tape):
         self.tape = tape
         self.probes = []
 
-    def add(self, layer, level, xw, initial_state, recurrent_dropout_mask, time_mask):
+    def add(self, layer, level, xw, initial_state, recurrent_dropout_mask):
         xw_probe = tf.zeros_like(xw)
         h_probe = tf.zeros_like(xw)
-        if self.tape is not None:
-            self.tape.watch(xw_probe)
-            self.tape.watch(h_probe)
+        self.tape.watch(xw_probe)
+        self.tape.watch(h_probe)
+        call = sum(1 for p in self.probes if p.layer is layer and p.level == level)
         self.probes.append(
             SublayerProbe(
                 layer=layer,
                 level=level,
+                call=call,
                 xw_probe=xw_probe,
                 h_probe=h_probe,
                 initial_state=initial_state,
                 recurrent_dropout_mask=recurrent_dropout_mask,
-                time_mask=time_mask,
             )
         )
         return xw + xw_probe, h_probe
@@ -83,7 +84,7 @@ def active_recorder():
 
 
 @contextlib.contextmanager
-def recording(tape=None):
+def recording(tape):
     """Activate a `ProbeRecorder` for the layers called inside the block."""
     recorder = ProbeRecorder(tape)
     stack = getattr(_state, "stack", None)

@@ -267,12 +267,7 @@ class SharedRNN(keras.layers.RNN):
             probe = None
             if recorder is not None:
                 xw, probe = recorder.add(
-                    self,
-                    level,
-                    xw,
-                    initial_state[level],
-                    recurrent_masks[level],
-                    time_mask,
+                    self, level, xw, initial_state[level], recurrent_masks[level]
                 )
             x = bptt.recurrence(
                 xw,

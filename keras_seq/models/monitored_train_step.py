@@ -18,6 +18,7 @@ pops them before Keras sees the logs, so neither the progress bar nor
 """
 
 import contextlib
+import typing
 
 import keras
 import tensorflow as tf
@@ -27,17 +28,11 @@ from keras_seq.layers import probes
 STATISTICS_KEY = "_keras_seq_gradient_statistics"
 
 
-class SublayerInfo:
+class SublayerInfo(typing.NamedTuple):
     """Static description of one recurrent sublayer seen by the step."""
 
-    def __init__(self, name, layer, level, reverse):
-        self.name = name
-        self.layer = layer
-        self.level = level
-        self.reverse = reverse  # processing order is the reverse of input order
-
-    def __repr__(self):
-        return f"SublayerInfo({self.name!r}, reverse={self.reverse})"
+    name: str
+    reverse: bool  # processing order is the reverse of input order
 
 
 class MonitoredTrainStep:
@@ -99,21 +94,27 @@ class MonitoredTrainStep:
         weight_grads = grads[: len(variables)]
 
         statistics = {}
-        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         if record:
             statistics = _statistics(
                 self, loss, weight_grads, grads[len(variables) :], recorder.probes
             )
             finite = statistics["finite"] > 0
-        elif settings.guard and not loss_scaled:
-            finite = _all_reduce_finite(weight_grads)
-            statistics["finite"] = tf.cast(finite, tf.float32)
-        if settings.guard and not loss_scaled:
-            _apply_if(finite, self.optimizer, weight_grads, variables)
         else:
+            finite = _finite(_sum_replicas(_sums(weight_grads)))
+        loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        if loss_scaling:
+            # Non-finite scaled gradients are routine overflows that the
+            # LossScaleOptimizer skips itself; only a non-finite loss is news.
+            bad = ~tf.math.is_finite(_sum_replicas(tf.cast(loss, tf.float32)))
             self.optimizer.apply(weight_grads, variables)
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        logs = dict(logs)
+        else:
+            bad = ~finite
+            if settings.guard:
+                _apply_if(finite, self.optimizer, weight_grads, variables)
+            else:
+                self.optimizer.apply(weight_grads, variables)
+        _count(settings.counters, bad)
+        logs = dict(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
         if statistics:
             logs[STATISTICS_KEY] = statistics
         return logs
@@ -160,14 +161,39 @@ def _dense(grad, variable):
     return grad
 
 
-def _all_reduce_finite(grads):
-    # One reduction per gradient: a sum is finite iff every term is (a sum
-    # that overflows float32 counts as non-finite, which is no loss).
-    sums = [
+def _sums(grads):
+    return [
         tf.reduce_sum(tf.cast(_values(g), tf.float32)) for g in grads if g is not None
     ]
-    total = _sum_replicas(tf.add_n(sums))
-    return tf.math.is_finite(total)
+
+
+def _finite(sums):
+    # A sum is finite iff every term is (one that overflows float32 counts as
+    # non-finite, which is no loss): one reduction per gradient.
+    return tf.math.is_finite(tf.add_n(sums))
+
+
+def _count(counters, bad):
+    """counters = [steps run, non-finite steps, first and last of those]."""
+    step, count, first, last = tf.unstack(counters)
+    bad = tf.cast(bad, tf.int64)
+    counters.assign(
+        tf.stack(
+            [
+                step + 1,
+                count + bad,
+                tf.where((bad > 0) & (first < 0), step, first),
+                tf.where(bad > 0, step, last),
+            ]
+        )
+    )
+
+
+def _loss_scale(optimizer):
+    """The factor `optimizer.scale_loss` multiplied the loss by."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return tf.cast(optimizer.dynamic_scale, tf.float32)
+    return tf.constant(float(optimizer.loss_scale_factor or 1.0))
 
 
 def _values(grad):
@@ -208,9 +234,10 @@ def _nothing():
     return tf.constant(False)
 
 
-def _clip_scales(optimizer, grads, global_norm):
-    """Per-variable factors the optimizer's clipnorm/global_clipnorm apply,
-    "value" for clipvalue (not a scaling), None without clipping."""
+def _clip_scales(optimizer, grads):
+    """What the optimizer's clipping does to `grads` (one replica's: Keras
+    clips before summing replicas): per-variable factors for clipnorm and
+    global_clipnorm, "value" for clipvalue (not a scaling), None for none."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         optimizer = optimizer.inner_optimizer
     if optimizer.clipnorm and optimizer.clipnorm > 0:
@@ -218,8 +245,8 @@ def _clip_scales(optimizer, grads, global_norm):
         return [clip / tf.maximum(tf.norm(g), clip) for g in grads]
     if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:
         clip = optimizer.global_clipnorm
-        scale = clip / tf.maximum(global_norm, clip)
-        return [scale] * len(grads)
+        norm = tf.norm(tf.stack([tf.norm(g) for g in grads]))
+        return [clip / tf.maximum(norm, clip)] * len(grads)
     if optimizer.clipvalue and optimizer.clipvalue > 0:
         return "value"
     return None
@@ -229,22 +256,26 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
     variables = model.trainable_variables
     optimizer = model.optimizer
     settings = model._gradient_monitor_settings
-    unscale = None
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        unscale = 1.0 / tf.cast(optimizer.dynamic_scale, tf.float32)
+    unscale = 1.0 / _loss_scale(optimizer)
 
     def local(gradient):
-        gradient = tf.cast(gradient, tf.float32)
-        return gradient if unscale is None else gradient * unscale
+        return tf.cast(gradient, tf.float32) * unscale
 
     weight_local = [local(_dense(g, v)) for g, v in zip(weight_grads, variables)]
     dh = [local(probe_grads[2 * i]) for i in range(len(sublayer_probes))]
     da = [local(probe_grads[2 * i + 1]) for i in range(len(sublayer_probes))]
+    scales = _clip_scales(optimizer, weight_local)
+    if scales == "value":
+        clip = optimizer.clipvalue
+        applied_local = [tf.clip_by_value(g, -clip, clip) for g in weight_local]
+    elif scales is not None:
+        applied_local = [g * s for g, s in zip(weight_local, scales)]
     # Per-step sums: a non-finite element makes its step's sum non-finite.
     summed = _sum_replicas(
         {
             "loss": tf.cast(loss, tf.float32),
             "grads": weight_local,
+            "applied": applied_local if scales is not None else [],
             "dh_sq": [tf.reduce_sum(tf.square(g), axis=[1, 2]) for g in dh],
             "h_sum": [
                 tf.reduce_sum(tf.cast(p.outputs, tf.float32), axis=[1, 2])
@@ -255,29 +286,26 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
     grads = summed["grads"]
     variable_norms = tf.stack([tf.norm(g) for g in grads])
     global_norm = tf.norm(variable_norms)
-    finite = tf.math.is_finite(global_norm)
-    scales = _clip_scales(optimizer, grads, global_norm)
-    if scales is None:
-        applied, scales = grads, [1.0] * len(grads)
-        applied_norm = global_norm
-    else:
-        if scales == "value":
-            clip = optimizer.clipvalue
-            applied = [tf.clip_by_value(g, -clip, clip) for g in grads]
-            scales = [1.0] * len(grads)
-        else:
-            applied = [g * s for g, s in zip(grads, scales)]
-        applied_norm = tf.norm(tf.stack([tf.norm(g) for g in applied]))
+    finite = _finite(_sums(grads))
+    applied = summed["applied"] or grads
+    applied_norm = (
+        tf.norm(tf.stack([tf.norm(g) for g in applied]))
+        if scales is not None
+        else global_norm
+    )
 
     projections = []
     if settings.contributions and sublayer_probes:
         # Each step's contribution to the applied recurrent-kernel gradient G,
         # projected on G's direction: over steps (and over the sublayers that
-        # share the kernel) they add up to ||G||.
+        # share the kernel) they add up to ||G||. clipvalue is no scaling:
+        # there they add up to the unclipped gradient's norm.
+        target = grads if scales == "value" else applied
+        factors = scales if isinstance(scales, list) else [1.0] * len(grads)
         index = {id(v): i for i, v in enumerate(variables)}
         for probe, grad_a in zip(sublayer_probes, da):
             k = index[id(probe.layer.cell.level_weights(probe.level)[1])]
-            direction = applied[k] / tf.maximum(tf.norm(applied[k]), 1e-30)
+            direction = target[k] / tf.maximum(tf.norm(target[k]), 1e-30)
             h_prev = tf.concat([probe.initial_state[None], probe.outputs[:-1]], axis=0)
             h_prev = tf.cast(h_prev, tf.float32)
             if probe.recurrent_dropout_mask is not None:
@@ -287,7 +315,7 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
                 tf.shape(grad_a),
             )
             projections.append(
-                scales[k] * tf.reduce_sum(projected * grad_a, axis=[1, 2])
+                factors[k] * tf.reduce_sum(projected * grad_a, axis=[1, 2])
             )
         projections = _sum_replicas(projections)
 
@@ -308,8 +336,7 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
             values = {k: tf.reverse(v, [0]) for k, v in values.items()}
         sublayers[probe.name] = values
     model._gradient_sublayers = tuple(
-        SublayerInfo(p.name, p.layer, p.level, p.layer.go_backwards)
-        for p in sublayer_probes
+        SublayerInfo(p.name, p.layer.go_backwards) for p in sublayer_probes
     )
     statistics = {
         "loss": summed["loss"],

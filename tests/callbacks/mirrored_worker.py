@@ -41,7 +41,42 @@ def run(strategy, weights, x, y, nan_batch):
     return start, model, monitor
 
 
+def applied_under_clipping():
+    """What the monitor says was applied, and what the SGD update shows."""
+    rng = np.random.RandomState(1)
+    x = rng.randn(8, 7, 3).astype("float32")
+    y = rng.randn(8, 2).astype("float32") * 5
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    result = {}
+    for clip in ({"clipnorm": 0.05}, {"global_clipnorm": 0.05}):
+        with mirrored.scope():
+            model = keras_seq.Sequential(
+                [
+                    keras.Input((7, 3)),
+                    keras_seq.layers.SharedRNN(5, name="rnn"),
+                    keras.layers.Dense(2),
+                ]
+            )
+            model.compile(optimizer=keras.optimizers.SGD(1.0, **clip), loss="mse")
+        before = model.get_weights()
+        monitor = keras_seq.callbacks.GradientMonitor()
+        model.fit(x, y, batch_size=8, verbose=0, callbacks=[monitor])
+        change = [b - a for b, a in zip(before, model.get_weights())]
+        contributions = monitor.timestep_frame().contribution.sum()
+        result[next(iter(clip))] = {
+            "monitor": float(monitor.to_frame().applied_norm.iloc[0]),
+            "unclipped": float(monitor.to_frame().global_norm.iloc[0]),
+            "actual": float(np.sqrt(sum(np.sum(c**2) for c in change))),
+            "contributions": float(contributions),
+            "recurrent_kernel": float(np.linalg.norm(change[1])),
+        }
+    return result
+
+
 def main():
+    if "--clip" in sys.argv:
+        json.dump(applied_under_clipping(), sys.stdout)
+        return
     rng = np.random.RandomState(0)
     x = rng.randn(24, 7, 3).astype("float32")
     y = rng.randn(24, 2).astype("float32")

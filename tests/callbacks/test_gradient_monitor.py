@@ -341,3 +341,82 @@ def test_rejects_models_that_are_not_keras_seq():
 def test_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         GradientMonitor(**kwargs)
+
+
+def test_loss_scale_overflow_is_not_a_nan_event():
+    keras.config.set_dtype_policy("mixed_float16")
+    model = keras_seq.Sequential(
+        [
+            keras.Input((6, 2)),
+            SharedRNN(4, name="rnn"),
+            keras.layers.Dense(1, dtype="float32"),
+        ]
+    )
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.01), initial_scale=2.0**60
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    x = np.random.RandomState(0).randn(8, 6, 2).astype("float32")
+    monitor = GradientMonitor(on_nan="stop")
+    history = _fit(model, x, np.ones((8, 1)), monitor, epochs=2)
+    frame = monitor.to_frame()
+    assert not frame.finite.iloc[0] and frame.skipped.iloc[0]  # an overflow
+    assert len(history.history["loss"]) == 2  # not stopped
+    assert monitor.diagnosis().nonfinite is None and monitor.skipped_steps == 0
+    assert float(optimizer.dynamic_scale.numpy()) < 2.0**60  # it lowered the scale
+
+
+def test_nan_inside_a_multi_step_execution_is_not_missed():
+    x, y = _nan_data()  # batch 1 of 3 has a NaN
+    model = _model(SharedRNN(5, name="rnn"), 8)
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
+    monitor = GradientMonitor(on_nan="stop")
+    with pytest.warns(UserWarning, match=r"Non-finite gradients at step 1"):
+        history = model.fit(
+            x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[monitor]
+        )
+    assert len(history.history["loss"]) == 1
+    assert monitor.skipped_steps == 1
+    assert monitor.diagnosis().nonfinite.step == 1
+    assert np.all(np.isfinite(model.get_weights()[0]))
+
+
+def test_loss_scale_factor_is_undone():
+    x = np.random.RandomState(0).randn(4, 6, 2).astype("float32")
+    frames = []
+    for factor in (None, 8.0):
+        keras.utils.set_random_seed(0)
+        model = _model(SharedRNN(3, name="rnn"), 6)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1, loss_scale_factor=factor), loss="mse"
+        )
+        monitor = GradientMonitor()
+        _fit(model, x, np.ones((4, 1)), monitor)
+        frames.append(monitor.to_frame())
+    np.testing.assert_allclose(frames[1].global_norm, frames[0].global_norm, rtol=1e-5)
+
+
+def test_monitor_reused_across_fits(tmp_path):
+    x = np.random.RandomState(0).randn(8, 6, 2).astype("float32")
+    model = _model(SharedRNN(3, name="rnn"), 6)
+    monitor = GradientMonitor(log_dir=tmp_path)
+    _fit(model, x, np.ones((8, 1)), monitor)
+    _fit(model, x, np.ones((8, 1)), monitor)
+    assert monitor.to_frame().step.tolist() == [0, 1, 2, 3]
+
+
+def test_a_layer_called_twice_is_recorded_per_call():
+    a, b = keras.Input((5, 2)), keras.Input((5, 2))
+    encoder = SharedRNN(3, name="encoder")
+    outputs = keras.layers.Dense(1)(
+        keras.layers.Concatenate()([encoder(a), encoder(b)])
+    )
+    model = keras_seq.Model([a, b], outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.RandomState(0).randn(4, 5, 2).astype("float32")
+    monitor = GradientMonitor()
+    model.fit([x, -x], np.ones((4, 1)), verbose=0, callbacks=[monitor])
+    frame = monitor.timestep_frame()
+    assert sorted(frame.layer.unique()) == ["encoder#1/level_0", "encoder/level_0"]
+    # The two calls share the kernel: their contributions add up to its norm.
+    assert len(frame) == 2 * 5

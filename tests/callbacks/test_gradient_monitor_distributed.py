@@ -13,11 +13,10 @@ import pytest
 WORKER = pathlib.Path(__file__).with_name("mirrored_worker.py")
 
 
-@pytest.fixture(scope="module")
-def result():
+def _run_worker(flag):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
-        [sys.executable, str(WORKER), "--nan"],
+        [sys.executable, str(WORKER), flag],
         capture_output=True,
         text=True,
         timeout=600,
@@ -25,6 +24,28 @@ def result():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return _run_worker("--nan")
+
+
+@pytest.fixture(scope="module")
+def clipped():
+    return _run_worker("--clip")
+
+
+@pytest.mark.parametrize("clip", ["clipnorm", "global_clipnorm"])
+def test_clipping_across_replicas_reports_what_was_applied(clipped, clip):
+    # Keras clips each replica's gradient before summing them; the monitor
+    # must describe that sum (read here off the SGD update, lr=1).
+    values = clipped[clip]
+    assert values["monitor"] < values["unclipped"]  # clipping was active
+    np.testing.assert_allclose(values["monitor"], values["actual"], rtol=1e-4)
+    np.testing.assert_allclose(
+        values["contributions"], values["recurrent_kernel"], rtol=1e-4
+    )
 
 
 def test_two_replicas_ran(result):
