@@ -125,8 +125,30 @@ class GradientMonitor(keras.callbacks.Callback):
         validation.check_choice("on_explode", on_explode, _ON_EXPLODE)
         validation.check_bool("histograms", histograms)
         validation.check_bool("contributions", contributions)
-        validation.check_rate("horizon_fraction", horizon_fraction)
-        validation.check_rate("vanishing_fraction", vanishing_fraction)
+        for name, value in (
+            ("horizon_fraction", horizon_fraction),
+            ("vanishing_fraction", vanishing_fraction),
+        ):
+            validation.check_rate(name, value)
+            if value == 0:
+                raise ValueError(
+                    f"Argument `{name}` must be a float in (0, 1). "
+                    f"Received: {name}={value}"
+                )
+        if isinstance(explode_threshold, bool) or not (
+            isinstance(explode_threshold, (int, float)) and explode_threshold > 0
+        ):
+            raise ValueError(
+                "Argument `explode_threshold` must be a positive number. "
+                f"Received: explode_threshold={explode_threshold!r}"
+            )
+        if isinstance(explode_jump, bool) or not (
+            isinstance(explode_jump, (int, float)) and explode_jump > 1
+        ):
+            raise ValueError(
+                "Argument `explode_jump` must be a number > 1. "
+                f"Received: explode_jump={explode_jump!r}"
+            )
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(
                 "Argument `log_dir` must be a path (str or os.PathLike) or None. "

@@ -238,28 +238,21 @@ def recurrence(
     if not explicit:
         return _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
 
-    if probe is None:
-
-        @tf.custom_gradient
-        def _run(xw, h0, recurrent_kernel):
-            outputs = _forward(xw, h0, recurrent_kernel, activation, mask, rmask, None)
-            grad = _gradient_function(
-                outputs, xw, h0, recurrent_kernel, activation, mask, rmask, False
-            )
-
-            def gradients(grad_outputs):
-                return grad(grad_outputs)[:3]
-
-            return outputs, gradients
-
-        return _run(xw, h0, recurrent_kernel)
+    probes = () if probe is None else (probe,)
 
     @tf.custom_gradient
-    def _run_probed(xw, h0, recurrent_kernel, probe):
-        outputs = _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
-        grad = _gradient_function(
-            outputs, xw, h0, recurrent_kernel, activation, mask, rmask, True
+    def _run(xw, h0, recurrent_kernel, *probe):
+        outputs = _forward(
+            xw, h0, recurrent_kernel, activation, mask, rmask, *(probe or (None,))
         )
-        return outputs, grad
+        grad = _gradient_function(
+            outputs, xw, h0, recurrent_kernel, activation, mask, rmask, bool(probe)
+        )
 
-    return _run_probed(xw, h0, recurrent_kernel, probe)
+        def gradients(grad_outputs):
+            # dxw, dh0, dU, and dL/dprobe (the total dL/dh_t) when probed.
+            return grad(grad_outputs)[: 3 + len(probe)]
+
+        return outputs, gradients
+
+    return _run(xw, h0, recurrent_kernel, *probes)

@@ -34,7 +34,9 @@ class SharedRNN(keras.layers.RNN):
     falls back to TensorFlow's automatic gradient of the same loop.
 
     It runs under `jit_compile=True` (XLA) when the time dimension is static,
-    and without XLA with a dynamic one.
+    and without XLA with a dynamic one. Second-order gradients (a gradient of
+    a gradient) through the explicit pass are not supported; a custom
+    activation callable uses autodiff and supports them.
 
     Args:
         units: Positive integer, size of each sublayer's state.
@@ -206,8 +208,9 @@ class SharedRNN(keras.layers.RNN):
         if "float" not in dtype:
             raise TypeError(
                 f"`{self.name}` expects floating-point `sequences` of shape "
-                "(batch, timesteps, features). Received dtype "
-                f"{dtype}; for token ids put a `keras.layers.Embedding` first."
+                "(batch, timesteps, features). Received: "
+                f"sequences.dtype={dtype}. For token ids put a "
+                "`keras.layers.Embedding` first."
             )
         if mask is not None:
             mask_shape = tuple(mask.shape)

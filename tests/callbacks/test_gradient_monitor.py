@@ -336,6 +336,17 @@ def test_rejects_models_that_are_not_keras_seq():
         ({"log_dir": 3}, TypeError, r"`log_dir` must be a path.*log_dir=3"),
         ({"histograms": "yes"}, TypeError, r"`histograms` must be a boolean"),
         ({"horizon_fraction": 2.0}, ValueError, r"`horizon_fraction` must be a float"),
+        (
+            {"vanishing_fraction": 0.0},
+            ValueError,
+            r"`vanishing_fraction` must be .*\(0, 1\)",
+        ),
+        (
+            {"explode_threshold": -1},
+            ValueError,
+            r"`explode_threshold` must be a positive",
+        ),
+        ({"explode_jump": 0.5}, ValueError, r"`explode_jump` must be a number > 1"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):

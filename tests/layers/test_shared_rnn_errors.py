@@ -89,7 +89,7 @@ def test_wrong_feature_size(sequences):
 
 def test_integer_inputs():
     with pytest.raises(
-        TypeError, match=r"floating-point `sequences`.*int32.*Embedding"
+        TypeError, match=r"floating-point `sequences`.*sequences.dtype=int32.*Embedding"
     ):
         SharedRNN(4)(np.zeros((2, 3, 4), "int32"))
 
