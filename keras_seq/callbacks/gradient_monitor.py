@@ -240,7 +240,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self.model.train_function = functions[self._recording]
 
     def on_train_batch_end(self, batch, logs=None):
-        steps, bad, _, last_bad = (int(v) for v in self._counters.numpy())
+        steps, bad, first_bad, last_bad = (int(v) for v in self._counters.numpy())
         step = steps - 1  # the last step run
         new_bad = bad - self._bad_seen
         self._next_step, self._bad_seen = steps, bad
@@ -251,6 +251,10 @@ class GradientMonitor(keras.callbacks.Callback):
         if new_bad:
             if last_bad != step:
                 location = (None, None)  # not the recorded step
+            if self._nonfinite is None and first_bad != last_bad:
+                # Several bad steps in one execution: the diagnosis names the
+                # first, which was not recorded.
+                self._nonfinite = diagnostics.NonFinite(first_bad, None, None)
             self._on_nonfinite(last_bad, *location, count=new_bad)
 
     def on_epoch_end(self, epoch, logs=None):
