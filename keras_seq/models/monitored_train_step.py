@@ -94,14 +94,14 @@ class MonitoredTrainStep:
         weight_grads = grads[: len(variables)]
 
         statistics = {}
+        loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         if record:
             statistics = _statistics(
                 self, loss, weight_grads, grads[len(variables) :], recorder.probes
             )
             finite = statistics["finite"] > 0
-        else:
+        elif not loss_scaling:
             finite = _finite(_sum_replicas(_sums(weight_grads)))
-        loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         if loss_scaling:
             # Non-finite scaled gradients are routine overflows that the
             # LossScaleOptimizer skips itself; only a non-finite loss is news.
