@@ -1,5 +1,6 @@
 """What every benchmark prints about the machine and the code it measured."""
 
+import json
 import os
 import platform
 import shlex
@@ -56,3 +57,16 @@ def environment(**extra):
         "load average at start": load_average(),
         "platform": platform.platform(),
     }
+
+
+def finish(targets_markdown, errors, minutes, json_path, payload):
+    """The targets table, any errors, the run time; `payload` as JSON."""
+    print("\n## Targets (from the issue; reported, not asserted)\n")
+    print(targets_markdown)
+    if errors:
+        print("\n## Errors (variants left out of the tables)\n")
+        print("\n".join(f"- {error}" for error in errors))
+    print(f"\nTotal time: {minutes:.1f} min; load average at end: {load_average()}")
+    if json_path:
+        with open(json_path, "w") as file:
+            json.dump({**payload, "errors": errors}, file, indent=2)

@@ -51,7 +51,6 @@ How to run:
 import argparse
 import dataclasses
 import gc
-import json
 import os
 import statistics
 import sys
@@ -64,7 +63,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_env import environment, load_average  # noqa: E402
+from bench_env import environment, finish  # noqa: E402
 
 import keras_seq  # noqa: E402
 
@@ -561,36 +560,28 @@ def main(argv=None):
     print("## Training step time with and without GradientMonitor\n")
     print(method_note(workload_list, args.repeats) + "\n")
     print(speed_table(rows))
-    print("\n## Targets (from the issue; reported, not asserted)\n")
-    print(targets_table(targets))
-    if errors:
-        print("\n## Errors\n")
-        print("\n".join(f"- {error}" for error in errors))
-    print(f"\nTotal time: {minutes:.1f} min; load average at end: {load_average()}")
-
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(
+    finish(
+        targets_table(targets),
+        errors,
+        minutes,
+        args.json,
+        {
+            "environment": env,
+            "repeats": args.repeats,
+            "first_timed_batch": FIRST_TIMED_BATCH,
+            "speed": rows,
+            "targets": [
                 {
-                    "environment": env,
-                    "repeats": args.repeats,
-                    "first_timed_batch": FIRST_TIMED_BATCH,
-                    "speed": rows,
-                    "targets": [
-                        {
-                            "target": t,
-                            "workload": w,
-                            "measured": m,
-                            "estimated": e,
-                            "status": s,
-                        }
-                        for t, w, m, e, s in targets
-                    ],
-                    "errors": errors,
-                },
-                file,
-                indent=2,
-            )
+                    "target": t,
+                    "workload": w,
+                    "measured": m,
+                    "estimated": e,
+                    "status": s,
+                }
+                for t, w, m, e, s in targets
+            ],
+        },
+    )
 
 
 if __name__ == "__main__":

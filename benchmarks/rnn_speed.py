@@ -53,7 +53,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_env import environment, load_average  # noqa: E402
+from bench_env import environment, finish  # noqa: E402
 
 import keras_seq  # noqa: E402
 
@@ -543,29 +543,21 @@ def main(argv=None):
     print("\n## Peak training memory\n")
     print(MEMORY_NOTE + "\n")
     print(memory_table(memory))
-    print("\n## Targets (from the issue; reported, not asserted)\n")
-    print(targets_table(targets))
-    if errors:
-        print("\n## Errors (variants left out of the tables)\n")
-        print("\n".join(f"- {error}" for error in errors))
-    print(f"\nTotal time: {minutes:.1f} min; load average at end: {load_average()}")
-
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(
-                {
-                    "environment": env,
-                    "repeats": args.repeats,
-                    "speed": speed,
-                    "memory": memory,
-                    "targets": [
-                        {"target": t, "measured": m, "status": s} for t, m, s in targets
-                    ],
-                    "errors": errors,
-                },
-                file,
-                indent=2,
-            )
+    finish(
+        targets_table(targets),
+        errors,
+        minutes,
+        args.json,
+        {
+            "environment": env,
+            "repeats": args.repeats,
+            "speed": speed,
+            "memory": memory,
+            "targets": [
+                {"target": t, "measured": m, "status": s} for t, m, s in targets
+            ],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -183,25 +183,23 @@ def _backward(
 def _gradient_function(
     outputs, xw, h0, recurrent_kernel, activation, mask, rmask, want_dh
 ):
-    name = activation_name(activation)
-    if name in _DERIVATIVE_FROM_OUTPUT:
-        # f'(a_t) is read off h_t inside the loop: xw need not be kept.
-        derivative = _DERIVATIVE_FROM_OUTPUT[name]
-        xw = None
-
-        def gain_of(t):
-            return derivative(outputs[t])
+    derivative = _DERIVATIVE_FROM_OUTPUT.get(activation_name(activation))
+    if derivative is not None:
+        xw = None  # f'(a_t) is read off h_t in the loop: xw need not be kept
 
     def grad(grad_outputs):
-        if xw is not None:
-            gain = _generic_derivative(
-                activation, xw, _shifted(h0, outputs, rmask), recurrent_kernel
-            )
-            gain_fn = gain.__getitem__
+        if derivative is not None:
+
+            def gain_of(t):
+                return derivative(outputs[t])
+
         else:
-            gain_fn = gain_of
+            h_prev = _shifted(h0, outputs, rmask)
+            gain_of = _generic_derivative(
+                activation, xw, h_prev, recurrent_kernel
+            ).__getitem__
         return _backward(
-            grad_outputs, outputs, h0, recurrent_kernel, gain_fn, mask, rmask, want_dh
+            grad_outputs, outputs, h0, recurrent_kernel, gain_of, mask, rmask, want_dh
         )
 
     return grad

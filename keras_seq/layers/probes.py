@@ -53,28 +53,24 @@ class ProbeRecorder:
         self.probes = []
 
     def add(self, layer, level, xw, initial_state, recurrent_dropout_mask):
+        """A `SublayerProbe` with zero probes shaped like `xw`, watched on the
+        tape. The layer adds them and sets `outputs`."""
         xw_probe = tf.zeros_like(xw)
         h_probe = tf.zeros_like(xw)
         self.tape.watch(xw_probe)
         self.tape.watch(h_probe)
         call = sum(1 for p in self.probes if p.layer is layer and p.level == level)
-        self.probes.append(
-            SublayerProbe(
-                layer=layer,
-                level=level,
-                call=call,
-                xw_probe=xw_probe,
-                h_probe=h_probe,
-                initial_state=initial_state,
-                recurrent_dropout_mask=recurrent_dropout_mask,
-            )
+        record = SublayerProbe(
+            layer=layer,
+            level=level,
+            call=call,
+            xw_probe=xw_probe,
+            h_probe=h_probe,
+            initial_state=initial_state,
+            recurrent_dropout_mask=recurrent_dropout_mask,
         )
-        return xw + xw_probe, h_probe
-
-    def set_outputs(self, layer, level, outputs):
-        probe = self.probes[-1]
-        assert probe.layer is layer and probe.level == level
-        probe.outputs = outputs
+        self.probes.append(record)
+        return record
 
 
 def active_recorder():

@@ -267,11 +267,12 @@ class SharedRNN(keras.layers.RNN):
             xw = tf.tensordot(x, kernel, axes=1)
             if bias is not None:
                 xw = xw + bias
-            probe = None
+            probe, record = None, None
             if recorder is not None:
-                xw, probe = recorder.add(
+                record = recorder.add(
                     self, level, xw, initial_state[level], recurrent_masks[level]
                 )
+                xw, probe = xw + record.xw_probe, record.h_probe
             x = bptt.recurrence(
                 xw,
                 tf.cast(initial_state[level], dtype),
@@ -282,8 +283,8 @@ class SharedRNN(keras.layers.RNN):
                 probe=probe,
                 explicit=self.explicit_bptt,
             )
-            if recorder is not None:
-                recorder.set_outputs(self, level, x)
+            if record is not None:
+                record.outputs = x
             states.append(x[-1])
 
         outputs = x
