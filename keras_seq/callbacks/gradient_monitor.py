@@ -104,7 +104,7 @@ class GradientMonitor(keras.callbacks.Callback):
     >>> _ = model.fit(np.ones((8, 20, 3)), np.ones((8, 1)), verbose=0,
     ...               callbacks=[monitor])
     >>> sorted(monitor.timestep_frame().columns)
-    ['contribution', 'grad_norm', 'layer', 'step', 'timestep']
+    ['contribution', 'grad_norm', 'layer', 'step', 'timestep', 'valid_fraction']
     """
 
     def __init__(
@@ -308,12 +308,20 @@ class GradientMonitor(keras.callbacks.Callback):
                 reverse=sublayer_info[name].reverse,
                 fraction=self.horizon_fraction,
                 vanishing_fraction=self.vanishing_fraction,
+                aligned_norm=values["aligned_norm"],
+                aligned_count=values["aligned_count"],
             )
             self._latest[name] = verdict
             row[f"horizon/{name}"] = verdict.horizon
             row[f"decay/{name}"] = verdict.decay
             self._timesteps.append(
-                (step, name, values["grad_norm"], values["contribution"])
+                (
+                    step,
+                    name,
+                    values["grad_norm"],
+                    values["contribution"],
+                    values["valid_fraction"],
+                )
             )
             finiteness.append(
                 (
@@ -445,9 +453,23 @@ class GradientMonitor(keras.callbacks.Callback):
         through the recurrence, over the whole batch), `contribution` (this
         step's share of the applied recurrent-kernel gradient, projected on
         its direction: the sum over time steps, and over sublayers sharing the
-        kernel, is that gradient's norm).
+        kernel, is that gradient's norm), `valid_fraction` (the fraction of
+        the batch's sequences for which this time step is not padding; 1.0
+        without a mask).
+
+        Horizons and verdicts read the valid steps only, each sequence's
+        counted back from its own last valid step (see
+        `keras_seq.diagnostics.SublayerDiagnosis`); `grad_norm` here is the
+        plain per-time-step norm over the batch.
         """
-        columns = ["step", "layer", "timestep", "grad_norm", "contribution"]
+        columns = [
+            "step",
+            "layer",
+            "timestep",
+            "grad_norm",
+            "contribution",
+            "valid_fraction",
+        ]
         if not self._timesteps:
             return pd.DataFrame(columns=columns)
         frames = [
@@ -458,9 +480,10 @@ class GradientMonitor(keras.callbacks.Callback):
                     "timestep": np.arange(len(norms)),
                     "grad_norm": norms,
                     "contribution": contribution,
+                    "valid_fraction": valid,
                 }
             )
-            for step, name, norms, contribution in self._timesteps
+            for step, name, norms, contribution, valid in self._timesteps
         ]
         return pd.concat(frames, ignore_index=True)[columns]
 
@@ -505,7 +528,7 @@ class GradientMonitor(keras.callbacks.Callback):
         """`{sublayer: RGB uint8 image}` of log10 ||dL/dh_t|| over recorded
         steps (rows) and time steps (columns)."""
         by_layer = {}
-        for _, name, norms, _ in self._timesteps:
+        for _, name, norms, *_ in self._timesteps:
             by_layer.setdefault(name, []).append(norms)
         images = {}
         for name, rows in by_layer.items():

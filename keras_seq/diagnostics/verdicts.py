@@ -83,16 +83,25 @@ def is_exploding(global_norms, threshold=1e3, jump=10.0, window=20):
 class SublayerDiagnosis:
     """Verdict for one recurrent sublayer at one recorded step.
 
+    On padded batches (a mask) the verdict describes the valid steps only,
+    counted back from each sequence's own last valid step: the monitor packs
+    every sequence's valid steps against the end before summing over the
+    batch (`norms`), so a padded batch gets the verdict of its unpadded twin.
+
     Attributes:
         name: `"<layer>/level_<i>"`.
-        timesteps: sequence length T of the recorded batch.
-        horizon: see `gradient_horizon`.
-        decay: see `decay_factor`.
-        vanishing: horizon < `vanishing_fraction` * T while the norm shrinks
-            going back (decay <= 1).
+        timesteps: valid steps of the longest sequence in the recorded batch
+            (T without padding; 0 for an all-padding batch).
+        horizon: see `gradient_horizon`, over the valid steps.
+        decay: see `decay_factor`, over the valid steps.
+        vanishing: horizon < `vanishing_fraction` * timesteps while the norm
+            shrinks going back (decay <= 1); never with fewer than 2 steps.
         nonfinite_timestep: first input time step whose forward state is
             non-finite, else the time step where the backward pass first
             became non-finite (processing order), else None.
+        norms: the per-step norms the verdict read: processing order,
+            end-aligned, valid steps only (index -1 = each sequence's last
+            valid step).
     """
 
     name: str
@@ -101,6 +110,19 @@ class SublayerDiagnosis:
     decay: float
     vanishing: bool
     nonfinite_timestep: object = None
+    norms: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def verdict(self):
+        """`"non-finite from t=<t>"`, `"no valid steps"`, `"not enough
+        steps"`, `"vanishing"` or `"ok"`."""
+        if self.nonfinite_timestep is not None:
+            return f"non-finite from t={self.nonfinite_timestep}"
+        if self.timesteps == 0:
+            return "no valid steps"
+        if self.timesteps < 2:
+            return "not enough steps"
+        return "vanishing" if self.vanishing else "ok"
 
     @classmethod
     def from_norms(
@@ -112,13 +134,28 @@ class SublayerDiagnosis:
         reverse=False,
         fraction=1e-3,
         vanishing_fraction=0.1,
+        aligned_norm=None,
+        aligned_count=None,
     ):
-        """Diagnose from per-step vectors in *input* order."""
+        """Diagnose from per-step vectors.
+
+        Args:
+            grad_norm, forward_finite, grad_finite: per step, *input* order.
+            reverse: True for a `go_backwards` sublayer.
+            aligned_norm, aligned_count: optional, processing order,
+                end-aligned over the valid steps (from the monitored step):
+                the norms and how many sequences reach each position. When
+                given, horizon and decay read the positions some sequence
+                reaches; otherwise every step of `grad_norm` counts.
+        """
         grad_norm = np.asarray(grad_norm, dtype=np.float64)
         order = slice(None, None, -1) if reverse else slice(None)
         processing = grad_norm[order]
+        if aligned_norm is not None:
+            reached = np.asarray(aligned_count) > 0  # a suffix, by construction
+            processing = np.asarray(aligned_norm, dtype=np.float64)[reached]
+        timesteps = int(processing.size)
         horizon = gradient_horizon(processing, fraction)
-        timesteps = int(grad_norm.size)
         # The forward pass meets input step 0 first (T-1 when reversed); the
         # backward pass meets the last processed step first.
         nonfinite = _first_bad(forward_finite, last=reverse)
@@ -129,6 +166,7 @@ class SublayerDiagnosis:
         # back; when it grows (decay > 1) the early steps dominate instead.
         vanishing = (
             nonfinite is None
+            and timesteps >= 2
             and horizon < vanishing_fraction * timesteps
             and not decay > 1.0
         )
@@ -139,6 +177,7 @@ class SublayerDiagnosis:
             decay=decay,
             vanishing=bool(vanishing),
             nonfinite_timestep=nonfinite,
+            norms=processing,
         )
 
 
@@ -238,15 +277,9 @@ class Diagnosis:
             "|---|---|---|---|---|",
         ]
         for d in self.sublayers.values():
-            if d.nonfinite_timestep is not None:
-                verdict = f"non-finite from t={d.nonfinite_timestep}"
-            elif d.vanishing:
-                verdict = "vanishing"
-            else:
-                verdict = "ok"
             lines.append(
                 f"| {d.name} | {d.timesteps} | {d.horizon} | {d.decay:.3g} | "
-                f"{verdict} |"
+                f"{d.verdict} |"
             )
         lines.append("")
         lines.append(

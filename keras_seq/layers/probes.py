@@ -33,6 +33,7 @@ class SublayerProbe:
     h_probe: tf.Tensor
     initial_state: tf.Tensor
     recurrent_dropout_mask: object = None
+    mask: object = None  # (T, B, 1) bool, processing order; None: all valid
     outputs: object = None
 
     @property
@@ -52,7 +53,7 @@ class ProbeRecorder:
         self.tape = tape
         self.probes = []
 
-    def add(self, layer, level, xw, initial_state, recurrent_dropout_mask):
+    def add(self, layer, level, xw, initial_state, recurrent_dropout_mask, mask=None):
         """A `SublayerProbe` with zero probes shaped like `xw`, watched on the
         tape. The layer adds them and sets `outputs`."""
         xw_probe = tf.zeros_like(xw)
@@ -68,6 +69,7 @@ class ProbeRecorder:
             h_probe=h_probe,
             initial_state=initial_state,
             recurrent_dropout_mask=recurrent_dropout_mask,
+            mask=mask,
         )
         self.probes.append(record)
         return record

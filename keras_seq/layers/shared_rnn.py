@@ -270,7 +270,12 @@ class SharedRNN(keras.layers.RNN):
             probe, record = None, None
             if recorder is not None:
                 record = recorder.add(
-                    self, level, xw, initial_state[level], recurrent_masks[level]
+                    self,
+                    level,
+                    xw,
+                    initial_state[level],
+                    recurrent_masks[level],
+                    mask=time_mask,
                 )
                 xw, probe = xw + record.xw_probe, record.h_probe
             x = bptt.recurrence(

@@ -146,6 +146,45 @@ def _layer_map(model):
     return layers, [v.path for v in model.trainable_variables]
 
 
+def _end_aligned(dh, mask):
+    """Per-step squared norms of dL/dh over the valid steps only, each
+    sequence's valid steps packed against the end (its last valid step at
+    index T-1, the one before at T-2, ...), summed over the batch.
+
+    Padded steps carry no gradient in the lower sublayers (nothing above
+    reads them) but do in the top one, and a batch padded to T counts
+    "steps back" from the wrong place; this makes the padded batch look
+    exactly like its unpadded twin.
+
+    Args:
+        dh: `(T, B, U)` float32, processing order.
+        mask: `(T, B, 1)` bool, processing order, or None (all valid).
+
+    Returns:
+        `(aligned_sq, aligned_count, valid_count)`, each `(T,)` float32:
+        the summed squares, how many sequences reach each aligned position,
+        and how many are valid at each (unaligned) step.
+    """
+    sq = tf.reduce_sum(tf.square(dh), axis=2)  # (T, B)
+    steps, batch = tf.shape(sq)[0], tf.shape(sq)[1]
+    if mask is None:
+        count = tf.fill([steps], tf.cast(batch, tf.float32))
+        return tf.reduce_sum(sq, axis=1), count, count
+    valid = tf.cast(mask[:, :, 0], tf.int32)
+    rank = tf.cumsum(valid, axis=0)  # 1..n_b at valid steps
+    position = steps - rank[-1:] + rank - 1
+    position = tf.where(valid > 0, position, steps)  # padding -> dropped slot
+    segments = tf.reshape(position, [-1])
+    valid = tf.cast(valid, tf.float32)
+    aligned_sq = tf.math.unsorted_segment_sum(
+        tf.reshape(sq * valid, [-1]), segments, steps + 1
+    )[:steps]
+    aligned_count = tf.math.unsorted_segment_sum(
+        tf.reshape(valid, [-1]), segments, steps + 1
+    )[:steps]
+    return aligned_sq, aligned_count, tf.reduce_sum(valid, axis=1)
+
+
 def _sum_replicas(values):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
@@ -277,6 +316,9 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
             "grads": weight_local,
             "applied": applied_local if scales is not None else [],
             "dh_sq": [tf.reduce_sum(tf.square(g), axis=[1, 2]) for g in dh],
+            # Per-sample norms aligned at each sequence's last valid step.
+            "aligned": [_end_aligned(g, p.mask) for g, p in zip(dh, sublayer_probes)],
+            "sequences": [tf.cast(tf.shape(g)[1], tf.float32) for g in dh],
             "h_sum": [
                 tf.reduce_sum(tf.cast(p.outputs, tf.float32), axis=[1, 2])
                 for p in sublayer_probes
@@ -332,8 +374,13 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
                 tf.math.is_finite(summed["h_sum"][i]), tf.float32
             ),
         }
+        aligned_sq, aligned_count, valid_count = summed["aligned"][i]
+        values["valid_fraction"] = valid_count / summed["sequences"][i]
         if probe.layer.go_backwards:  # report in input order
             values = {k: tf.reverse(v, [0]) for k, v in values.items()}
+        # Processing order, index -1 = every sequence's own last valid step.
+        values["aligned_norm"] = tf.sqrt(aligned_sq)
+        values["aligned_count"] = aligned_count
         sublayers[probe.name] = values
     model._gradient_sublayers = tuple(
         SublayerInfo(p.name, p.layer.go_backwards) for p in sublayer_probes

@@ -253,6 +253,7 @@ def test_frames_and_save(tmp_path):
         "timestep",
         "grad_norm",
         "contribution",
+        "valid_fraction",
     ]
     assert len(steps) == 3 * 2 * 5
     variables = monitor.variable_frame()

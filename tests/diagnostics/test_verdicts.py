@@ -63,3 +63,32 @@ def test_locate_nonfinite_prefers_forward_then_loss_then_backward():
     clean = [(n, ok, ok, r) for n, *_, r in sublayers]
     assert diagnostics.locate_nonfinite(1.0, clean, layers) == ("head", None)
     assert diagnostics.locate_nonfinite(1.0, clean, {"rnn": 1.0}) == (None, None)
+
+
+def test_aligned_norms_read_only_the_positions_some_sequence_reaches():
+    # Three unreached positions (all padding) in front of a vanishing profile.
+    norms = np.array([0.0, 0.0, 0.0] + [1e-6] * 28 + [1.0, 1.0])
+    count = np.array([0, 0, 0] + [2] * 30)
+    d = diagnostics.SublayerDiagnosis.from_norms(
+        "rnn/level_0",
+        np.ones(33),  # the unaligned per-step norms are not what is judged
+        aligned_norm=norms,
+        aligned_count=count,
+    )
+    assert (d.timesteps, d.horizon, d.vanishing, d.verdict) == (
+        30,
+        2,
+        True,
+        "vanishing",
+    )
+    np.testing.assert_array_equal(d.norms, norms[3:])
+
+
+@pytest.mark.parametrize(
+    "count, verdict", [([0, 0, 0], "no valid steps"), ([0, 0, 3], "not enough steps")]
+)
+def test_too_few_valid_steps_give_no_vanishing_verdict(count, verdict):
+    d = diagnostics.SublayerDiagnosis.from_norms(
+        "rnn/level_0", np.zeros(3), aligned_norm=np.zeros(3), aligned_count=count
+    )
+    assert d.verdict == verdict and not d.vanishing
