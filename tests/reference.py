@@ -20,7 +20,7 @@ def _levels(weights, depth, share_depth):
     return [[tf.constant(w, tf.float64) for w in s] for s in sets]
 
 
-def _direction(tape, x, mask, levels, go_backwards):
+def _direction(tape, x, mask, levels, go_backwards, activation=tf.tanh):
     """Run every level in processing order; return per level the lists of
     (h_prev, pre-activation, h) tensors and the top sequence."""
     steps = x.shape[1]
@@ -35,7 +35,7 @@ def _direction(tape, x, mask, levels, go_backwards):
         for k, x_t in enumerate(inputs):
             a = x_t @ kernel + h @ recurrent_kernel + bias
             tape.watch(a)
-            new = tf.tanh(a)
+            new = activation(a)
             if valid is not None:
                 new = tf.where(valid[k], new, h)
             tape.watch(new)
@@ -58,7 +58,7 @@ def _layer_output(order, top, valid, return_sequences, zero_output_for_mask):
     return outputs[-1]
 
 
-def timestep_gradients(model, x, y, mask=None, loss="mse"):
+def timestep_gradients(model, x, y, mask=None, loss="mse", activation=tf.tanh):
     """Per-time-step ||dL/dh_t|| and contributions for every sublayer.
 
     Args:
@@ -66,6 +66,7 @@ def timestep_gradients(model, x, y, mask=None, loss="mse"):
             `SharedRNN` or a `Bidirectional(SharedRNN)` (merge "concat"),
             with the weights to evaluate.
         x, y: one batch. mask: optional boolean (batch, time).
+        activation: the recurrent layer's activation, as a TF function.
 
     Returns:
         `({sublayer name: (T,) norms in input order},
@@ -87,7 +88,7 @@ def timestep_gradients(model, x, y, mask=None, loss="mse"):
         for layer in directions:
             levels = _levels(layer.get_weights(), layer.depth, layer.share_depth)
             order, record, top = _direction(
-                tape, x, tf_mask, levels, layer.go_backwards
+                tape, x, tf_mask, levels, layer.go_backwards, activation
             )
             zero_out = layer.zero_output_for_mask
             out = _layer_output(order, top, valid, layer.return_sequences, zero_out)

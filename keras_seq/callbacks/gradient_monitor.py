@@ -53,7 +53,9 @@ class GradientMonitor(keras.callbacks.Callback):
     - scalars, at each recorded step: `gradients/global_norm`,
       `gradients/applied_norm`, `gradients/loss`, `gradients/skipped_steps`,
       `gradients/norm/<layer>`, `gradients/horizon/<sublayer>`,
-      `gradients/decay/<sublayer>`;
+      `gradients/decay/<sublayer>`, and `gradients/depth_ratio/<level>` (a
+      level's gradient norm over the top level's, for two or more recurrent
+      levels in one stack);
     - a custom-scalars layout putting all `gradients/norm/*` in one chart;
     - histograms (with `histograms=True`): `gradients/values/<variable path>`;
     - images, at each epoch end: `gradients/heatmap/<sublayer>`, log10
@@ -83,6 +85,11 @@ class GradientMonitor(keras.callbacks.Callback):
             horizon is shorter than this fraction of the sequence length.
         explode_threshold: Default 1e3, an absolute global-norm limit.
         explode_jump: Default 10.0, a jump over the running median.
+        depth_vanishing_ratio: Default 1e-2. A recurrent level whose gradient
+            norm is below this fraction of the top level's is "vanishing
+            through depth" (see `keras_seq.diagnostics.DepthDiagnosis`).
+        depth_exploding_ratio: Default 1e2, the same upwards: "exploding
+            through depth".
 
     Attributes:
         records: list of dicts, one per recorded step (the rows of
@@ -119,6 +126,8 @@ class GradientMonitor(keras.callbacks.Callback):
         vanishing_fraction=0.1,
         explode_threshold=1e3,
         explode_jump=10.0,
+        depth_vanishing_ratio=diagnostics.depth.VANISHING_RATIO,
+        depth_exploding_ratio=diagnostics.depth.EXPLODING_RATIO,
     ):
         validation.check_positive_int("every", every)
         validation.check_choice("on_nan", on_nan, _ON_NAN)
@@ -149,6 +158,17 @@ class GradientMonitor(keras.callbacks.Callback):
                 "Argument `explode_jump` must be a number > 1. "
                 f"Received: explode_jump={explode_jump!r}"
             )
+        for name, value, allowed in (
+            ("depth_vanishing_ratio", depth_vanishing_ratio, "in (0, 1)"),
+            ("depth_exploding_ratio", depth_exploding_ratio, "> 1"),
+        ):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and (0 < value < 1 if allowed == "in (0, 1)" else value > 1)
+            if not ok:
+                raise ValueError(
+                    f"Argument `{name}` must be a number {allowed}. "
+                    f"Received: {name}={value!r}"
+                )
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(
                 "Argument `log_dir` must be a path (str or os.PathLike) or None. "
@@ -165,6 +185,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self.vanishing_fraction = vanishing_fraction
         self.explode_threshold = explode_threshold
         self.explode_jump = explode_jump
+        self.depth_vanishing_ratio = depth_vanishing_ratio
+        self.depth_exploding_ratio = depth_exploding_ratio
         self.records = []
         self.skipped_steps = 0
         self._timesteps = []  # (step, sublayer, grad_norm, contribution)
@@ -172,6 +194,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self._nonfinite = None
         self._exploding_steps = []
         self._latest = {}  # sublayer -> SublayerDiagnosis of the last record
+        self._latest_depth = None  # DepthDiagnosis of the last record
+        self._levels = []  # the model's recurrent levels, one stack, or []
         self._writer = None
         self._layout_written = False
         self._scalar_writers = {}  # column keys -> tf.function writing them
@@ -200,6 +224,9 @@ class GradientMonitor(keras.callbacks.Callback):
         if self._counters is None or self._counters_model is not model:
             optimizer = getattr(model, "optimizer", None)
             start = 0 if optimizer is None else int(optimizer.iterations.numpy())
+            # Moved to another model (a stage of fit_reducing_depth, say):
+            # training steps keep counting on one timeline.
+            start = max(start, self._next_step)
             with model.distribute_strategy.scope():
                 # Counted in the graph on every step, so steps inside one
                 # execution (steps_per_execution > 1) are not missed.
@@ -210,6 +237,7 @@ class GradientMonitor(keras.callbacks.Callback):
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
             self._counters_model = model
+            self._levels = _stack_levels(model)
         model._gradient_monitor_settings = MonitorSettings(
             counters=self._counters,
             guard=self.on_nan in ("stop", "skip"),
@@ -331,6 +359,10 @@ class GradientMonitor(keras.callbacks.Callback):
                     sublayer_info[name].reverse,
                 )
             )
+        self._latest_depth = self._depth_profile(stats["variable_norms"])
+        if self._latest_depth is not None:
+            for name, level in self._latest_depth.levels.items():
+                row[f"depth_ratio/{name}"] = level.ratio_to_top
         self._variable_norms.append((step, stats["variable_norms"]))
         self.records.append(row)
 
@@ -390,6 +422,44 @@ class GradientMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.flush()
 
+    def _depth_profile(self, variable_norms):
+        """Each level's gradient norm against the top level's: ||dL/dh||
+        over its valid steps when every level has per-step data, else the
+        norm of the level's own weight gradients."""
+        if len(self._levels) < 2:
+            return None
+        sublayers = self._latest
+        if all(
+            level.monitor_names and all(n in sublayers for n in level.monitor_names)
+            for level in self._levels
+        ):
+            source = "dL/dh"
+            norms = {
+                level.name: np.sqrt(
+                    sum(np.sum(sublayers[n].norms ** 2) for n in level.monitor_names)
+                )
+                for level in self._levels
+            }
+        else:
+            source = "weights"
+            index = {id(v): i for i, v in enumerate(self.model.trainable_variables)}
+            norms = {
+                level.name: np.sqrt(
+                    sum(
+                        float(variable_norms[index[id(v)]]) ** 2
+                        for v in level.variables
+                        if id(v) in index
+                    )
+                )
+                for level in self._levels
+            }
+        return diagnostics.depth_profile(
+            norms,
+            source={name: source for name in norms},
+            vanishing_ratio=self.depth_vanishing_ratio,
+            exploding_ratio=self.depth_exploding_ratio,
+        )
+
     @property
     def _loss_scaling(self):
         return isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -414,7 +484,9 @@ class GradientMonitor(keras.callbacks.Callback):
         writer = self._get_writer()
         row = dict(row, skipped_steps=self.skipped_steps)
         keys = ("global_norm", "applied_norm", "loss", "skipped_steps") + tuple(
-            k for k in row if k.startswith(("norm/", "horizon/", "decay/"))
+            k
+            for k in row
+            if k.startswith(("norm/", "horizon/", "decay/", "depth_ratio/"))
         )
         with writer.as_default(step=row["step"]):
             if not self._layout_written:
@@ -440,8 +512,11 @@ class GradientMonitor(keras.callbacks.Callback):
         Columns: `step` (0-based training step), `epoch`, `loss` (of that
         batch), `global_norm` (before clipping), `applied_norm` (after the
         optimizer's clipping), `finite`, `skipped` (update not applied),
-        `norm/<layer>` for every layer with weights, and `horizon/<sublayer>`
-        and `decay/<sublayer>` for every recurrent sublayer.
+        `norm/<layer>` for every layer with weights, `horizon/<sublayer>`
+        and `decay/<sublayer>` for every recurrent sublayer, and
+        `depth_ratio/<level>` (the level's gradient norm over the top
+        level's; see `keras_seq.diagnostics.DepthDiagnosis`) when the model
+        has two or more recurrent levels in one stack.
         """
         return pd.DataFrame.from_records(self.records)
 
@@ -550,11 +625,23 @@ class GradientMonitor(keras.callbacks.Callback):
             exploding_steps=list(self._exploding_steps),
             nonfinite=self._nonfinite,
             skipped_steps=self.skipped_steps,
+            depth=self._latest_depth,
         )
 
     def report(self):
         """The diagnosis as plain text."""
         return self.diagnosis().report()
+
+
+def _stack_levels(model):
+    """The model's recurrent levels when they form one stack, else []."""
+    from keras_seq.depth import levels  # the depth package imports callbacks
+
+    try:
+        found = levels.recurrent_levels(model)
+    except ValueError:  # no recurrent levels
+        return []
+    return found if levels.single_stack(model, found) else []
 
 
 def _scalar_writer(keys):
@@ -586,6 +673,12 @@ def _write_layout():
         layout_pb2.Chart(
             title="gradient horizon per recurrent sublayer",
             multiline=layout_pb2.MultilineChartContent(tag=[r"gradients/horizon/.*"]),
+        ),
+        layout_pb2.Chart(
+            title="gradient norm per level / top level's (through depth)",
+            multiline=layout_pb2.MultilineChartContent(
+                tag=[r"gradients/depth_ratio/.*"]
+            ),
         ),
     ]
     layout = layout_pb2.Layout(

@@ -1,6 +1,7 @@
 """Gradient statistics -> verdicts (horizon, decay, vanishing, exploding,
 non-finite), shared by the callback, the depth helper and the command line."""
 
+from keras_seq.diagnostics.depth import DepthDiagnosis, LevelDepth, depth_profile
 from keras_seq.diagnostics.verdicts import (
     Diagnosis,
     NonFinite,
@@ -12,10 +13,13 @@ from keras_seq.diagnostics.verdicts import (
 )
 
 __all__ = [
+    "DepthDiagnosis",
     "Diagnosis",
+    "LevelDepth",
     "NonFinite",
     "SublayerDiagnosis",
     "decay_factor",
+    "depth_profile",
     "gradient_horizon",
     "is_exploding",
     "locate_nonfinite",

@@ -251,6 +251,8 @@ class Diagnosis:
         exploding_steps: every recorded step judged exploding.
         nonfinite: `NonFinite` for the first non-finite record, or None.
         skipped_steps: number of updates not applied because of NaN/Inf.
+        depth: `keras_seq.diagnostics.DepthDiagnosis` of the latest record
+            (a model with two or more recurrent levels in one stack), or None.
     """
 
     step: object
@@ -259,14 +261,32 @@ class Diagnosis:
     exploding_steps: list
     nonfinite: object
     skipped_steps: int
+    depth: object = None
 
     @property
     def vanishing(self):
+        """Sublayers vanishing through time."""
         return [name for name, d in self.sublayers.items() if d.vanishing]
 
     @property
+    def vanishing_through_depth(self):
+        return [] if self.depth is None else self.depth.vanishing
+
+    @property
+    def exploding_through_depth(self):
+        return [] if self.depth is None else self.depth.exploding
+
+    @property
     def healthy(self):
-        return not (self.vanishing or self.exploding or self.nonfinite)
+        """No vanishing or exploding gradients (through time or depth) and
+        no non-finite values."""
+        return not (
+            self.vanishing
+            or self.exploding
+            or self.nonfinite
+            or self.vanishing_through_depth
+            or self.exploding_through_depth
+        )
 
     def markdown(self):
         """The per-sublayer table and the verdicts, as Markdown."""
@@ -297,6 +317,23 @@ class Diagnosis:
         else:
             lines.append("- non-finite gradients: none")
         lines.append(f"- skipped updates: {self.skipped_steps}")
+        if self.depth is not None:
+            lines += ["", "**Through depth** (gradient norm of each level)", ""]
+            lines += self.depth.markdown_lines()
+            lines.append("")
+            for kind, names in (
+                ("vanishing", self.depth.vanishing),
+                ("exploding", self.depth.exploding),
+            ):
+                threshold = (
+                    f"< {self.depth.vanishing_ratio:g}"
+                    if kind == "vanishing"
+                    else f"> {self.depth.exploding_ratio:g}"
+                )
+                lines.append(
+                    f"- {kind} through depth (norm {threshold} x the top "
+                    f"level's): {', '.join(names) if names else 'no'}"
+                )
         return "\n".join(lines)
 
     def report(self):
