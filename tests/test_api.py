@@ -20,6 +20,7 @@ import keras_seq
         keras_seq.data,
         keras_seq.callbacks,
         keras_seq.diagnostics,
+        keras_seq.depth,
     ],
     ids=lambda m: m.__name__,
 )

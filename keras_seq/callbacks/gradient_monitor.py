@@ -195,7 +195,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self._exploding_steps = []
         self._latest = {}  # sublayer -> SublayerDiagnosis of the last record
         self._latest_depth = None  # DepthDiagnosis of the last record
-        self._levels = []  # the model's recurrent levels, one stack, or []
+        self._levels = None  # the model's recurrent levels, one stack, or []
         self._writer = None
         self._layout_written = False
         self._scalar_writers = {}  # column keys -> tf.function writing them
@@ -237,7 +237,8 @@ class GradientMonitor(keras.callbacks.Callback):
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
             self._counters_model = model
-            self._levels = _stack_levels(model)
+            self._levels = None  # found at the first record, once built
+            self._latest, self._latest_depth = {}, None  # the old model's
         model._gradient_monitor_settings = MonitorSettings(
             counters=self._counters,
             guard=self.on_nan in ("stop", "skip"),
@@ -426,6 +427,8 @@ class GradientMonitor(keras.callbacks.Callback):
         """Each level's gradient norm against the top level's: ||dL/dh||
         over its valid steps when every level has per-step data, else the
         norm of the level's own weight gradients."""
+        if self._levels is None:
+            self._levels = _stack_levels(self.model)
         if len(self._levels) < 2:
             return None
         sublayers = self._latest
@@ -503,6 +506,33 @@ class GradientMonitor(keras.callbacks.Callback):
                     tf.summary.histogram(
                         f"gradients/values/{path}", gradients[f"{i:05d}"]
                     )
+
+    @property
+    def steps(self):
+        """Training steps run under this monitor so far (on every model it
+        was attached to): the step the next batch will have."""
+        return self._next_step
+
+    def write_summary(self, step, scalars=None, texts=None):
+        """Write extra scalars and Markdown texts into the monitor's
+        TensorBoard run (`<log_dir>/gradients`) at training step `step`;
+        nothing without a `log_dir`. `keras_seq.depth.fit_reducing_depth`
+        writes its stages here.
+
+        Args:
+            step: Integer training step.
+            scalars: Optional `{tag: number}`.
+            texts: Optional `{tag: Markdown string}`.
+        """
+        if self.log_dir is None:
+            return
+        writer = self._get_writer()
+        with writer.as_default(step=int(step)):
+            for tag, value in (scalars or {}).items():
+                tf.summary.scalar(tag, float(value))
+            for tag, text in (texts or {}).items():
+                tf.summary.text(tag, text)
+        writer.flush()
 
     # -- results -------------------------------------------------------------
 

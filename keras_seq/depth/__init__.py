@@ -1,0 +1,24 @@
+"""The layer-depth reduction helper: the remedy after the diagnosis.
+
+- `recurrent_levels(model)`: the recurrent levels of a model, bottom to top.
+- `reduce_depth(model, depth=..., drop=...)`: a new model without some
+  levels, kept weights bit for bit.
+- `suggest_depth(model, x, y, ...)`: which levels to remove and why.
+- `fit_reducing_depth(model, x, y, epochs=...)`: train, and remove levels
+  while the gradients vanish or explode.
+"""
+
+from keras_seq.depth.fit import fit_reducing_depth
+from keras_seq.depth.levels import Level, recurrent_levels
+from keras_seq.depth.reduce import DepthReduction, reduce_depth
+from keras_seq.depth.suggest import DepthPlan, suggest_depth
+
+__all__ = [
+    "DepthPlan",
+    "DepthReduction",
+    "Level",
+    "fit_reducing_depth",
+    "recurrent_levels",
+    "reduce_depth",
+    "suggest_depth",
+]

@@ -1,0 +1,698 @@
+"""`reduce_depth`: a copy of a recurrent model with fewer levels.
+
+A shallower recurrent stack is a remedy for vanishing and exploding
+gradients through depth. `reduce_depth` builds the shallower model from the
+trained one: it removes whole levels (recurrent sublayers), keeps every other
+weight bit for bit, and replaces only the weights whose shape no longer fits.
+"""
+
+import contextlib
+import dataclasses
+import numbers
+import random
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_seq import _validation as validation
+from keras_seq.depth.levels import (
+    check_model,
+    directions,
+    level_variables,
+    ordered_layers,
+    recurrent_core,
+    recurrent_levels,
+    resolve,
+    sequence_input,
+    single_stack,
+)
+from keras_seq.layers import probes
+from keras_seq.models.model import Model
+from keras_seq.models.sequential import Sequential
+
+REINITIALISED = "reinitialised"
+LEAST_SQUARES = "least squares"
+
+
+@dataclasses.dataclass(repr=False)
+class DepthReduction:
+    """What `reduce_depth` did, and the reduced model.
+
+    `str(result)` (and `repr`) is a small plain-text table. The record is one
+    object, not a tuple: take the model from `result.model`.
+
+    Attributes:
+        model: The new model: a `keras_seq.Sequential` or a functional
+            `keras_seq.Model`, compiled like the input model (uncompiled if
+            the input model was not compiled).
+        removed: Names of the removed levels, bottom to top.
+        replaced: `(weight path in the new model, how)` for every kept weight
+            whose shape no longer fitted, with `how` either
+            `"reinitialised"` or `"least squares"`.
+        levels_before: Number of recurrent levels of the input model.
+        levels_after: Number of recurrent levels of the new model.
+        parameters_before: `count_params()` of the input model.
+        parameters_after: `count_params()` of the new model.
+    """
+
+    model: object
+    removed: list
+    replaced: list
+    levels_before: int
+    levels_after: int
+    parameters_before: int
+    parameters_after: int
+
+    def __str__(self):
+        rows = [
+            ("what", "before", "after"),
+            ("levels", str(self.levels_before), str(self.levels_after)),
+            ("parameters", str(self.parameters_before), str(self.parameters_after)),
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = [
+            f"{what:<{widths[0]}}  {before:>{widths[1]}}  {after:>{widths[2]}}"
+            for what, before, after in rows
+        ]
+        lines.append("removed:  " + (", ".join(self.removed) or "none"))
+        if not self.replaced:
+            lines.append("replaced: none")
+        for path, how in self.replaced:
+            lines.append(f"replaced: {path} ({how})")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def to_frame(self):
+        """The before/after counts as a `pandas.DataFrame` indexed by
+        `"levels"` and `"parameters"`, with columns `before` and `after`."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                "before": [self.levels_before, self.parameters_before],
+                "after": [self.levels_after, self.parameters_after],
+            },
+            index=pd.Index(["levels", "parameters"], name="what"),
+        )
+
+
+def reduce_depth(
+    model, depth=None, drop=None, strict=False, x=None, batch_size=64, seed=None
+):
+    """A new model with fewer recurrent levels; `model` is left unchanged.
+
+    A level is one recurrent sublayer (see
+    `keras_seq.depth.levels.recurrent_levels`). Give either the number of
+    levels to keep (`depth`) or the levels to remove (`drop`). Without a
+    plan, `depth` keeps the top level and the bottom `depth - 1` levels, and
+    drops the levels just below the top one: the layers above the stack were
+    trained on the top level's outputs.
+
+    The new model has the same layers, rebuilt from their configs under the
+    same names, minus the removed levels: a `SharedRNN` keeps its remaining
+    sublayers (with `share_depth=True` it stays shared while it has two or
+    more, and the shared weights carry over; left with one, it becomes
+    unshared and that level keeps its weights), and a layer whose every
+    level is removed leaves the model (the layer above it takes its input).
+    A kept recurrent layer takes the `return_sequences` of the topmost
+    removed layer directly above it, so the output shape stays the same.
+    Masks, `stateful`, `go_backwards`, dropout and `Bidirectional`
+    `merge_mode` carry over; stateful layers start from zero states.
+
+    Every kept weight is copied bit for bit. A weight whose shape no longer
+    fits (the input kernel of the level above a removed one, when the input
+    width changes; a layer between, such as a `TimeDistributed(Dense)`) is
+    replaced: it keeps the value its initializer gave it, or, when `x` is
+    given and the weight is a recurrent level's input kernel, it is fitted
+    by least squares so that the level's input projection stays what it
+    was: `K' = argmin ||X_new K' - X_old K||^2` over the unmasked time steps
+    of `x`, where `X_old` is the input the level saw in `model` and `X_new`
+    the input it sees in the new model (with a ridge of `1e-6 * trace`).
+
+    The new model is compiled with `model`'s compile config (loss, metrics,
+    `jit_compile`, `steps_per_execution`, a fresh optimizer of the same class
+    and config); an uncompiled `model` gives an uncompiled new model.
+
+    Args:
+        model: A built Sequential or functional `keras.Model` (or keras-seq
+            `Sequential`/`Model`) with at least two recurrent levels.
+        depth: Integer, the number of levels to keep, from 1 to the current
+            number of levels minus one. Needs a single stack (each level
+            feeding the next). Default None.
+        drop: List of level names to remove (`"rnn/level_1"`, or the layer
+            name alone for a layer with one level), or an object whose
+            `.drop` attribute holds such a list. Default None.
+        strict: Boolean (default False). If True, raise instead of replacing
+            a weight whose shape no longer fits.
+        x: Optional input data, as for `model.predict` (an array, or a list
+            or dict of arrays). When given, replaced input kernels of
+            recurrent levels are fitted by least squares on it.
+        batch_size: Positive integer (default 64), batch size for running
+            `x`; a model with a fixed batch size uses its own.
+        seed: Optional integer; makes the re-initialised weights
+            reproducible.
+
+    Returns:
+        A `keras_seq.depth.reduce.DepthReduction`: the new model is
+        `result.model`; `result.removed` and `result.replaced` say what
+        changed.
+
+    Raises:
+        TypeError: `model` is not a `keras.Model`, `depth` is not an integer,
+            `drop` is not a list of names, or `x` is not array data.
+        ValueError: `model` is subclassed or unbuilt or has no recurrent
+            level; both or neither of `depth` and `drop` are given; `depth`
+            is out of range; `drop` names unknown or duplicate levels, no
+            level, or every level; `depth` is given for parallel recurrent
+            branches; a removed layer returns states or several tensors;
+            `strict=True` and a weight must be replaced.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_seq
+    >>> from keras_seq.depth.reduce import reduce_depth
+    >>> model = keras_seq.Sequential([
+    ...     keras.Input((5, 3)),
+    ...     keras_seq.layers.SharedRNN(4, depth=3, name="rnn"),
+    ...     keras.layers.Dense(1),
+    ... ])
+    >>> model.compile(optimizer="adam", loss="mse")
+    >>> result = reduce_depth(model, depth=2)
+    >>> result.removed
+    ['rnn/level_1']
+    >>> result.model.get_layer("rnn").depth
+    2
+    """
+    check_model(model)
+    validation.check_bool("strict", strict)
+    validation.check_positive_int("batch_size", batch_size)
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+    ):
+        raise TypeError(
+            f"Argument `seed` must be an integer or None. Received: seed={seed!r}"
+        )
+    levels = recurrent_levels(model)
+    removed = _select(model, levels, depth, drop)
+    if x is not None:
+        batch_size = _check_data(model, x, batch_size)
+
+    plans = _plan(model, levels, removed)
+    with _python_seed(seed):
+        new_model, new_layers = _rebuild(model, plans)
+    pairs = _weight_pairs(plans, new_layers)
+    replaced = _transfer(pairs, model, new_model, strict, x, batch_size)
+
+    compile_config = model.get_compile_config()
+    if compile_config:
+        new_model.compile_from_config(compile_config)
+    return DepthReduction(
+        model=new_model,
+        removed=[level.name for level in removed],
+        replaced=replaced,
+        levels_before=len(levels),
+        levels_after=len(recurrent_levels(new_model)),
+        parameters_before=model.count_params(),
+        parameters_after=new_model.count_params(),
+    )
+
+
+def _select(model, levels, depth, drop):
+    """The levels to remove, bottom to top."""
+    if (depth is None) == (drop is None):
+        raise ValueError(
+            "Pass exactly one of `depth` (the number of levels to keep) or "
+            "`drop` (a list of level names to remove). Received: "
+            f"depth={depth!r}, drop={drop!r}"
+        )
+    count = len(levels)
+    names = ", ".join(repr(level.name) for level in levels)
+    if depth is not None:
+        if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
+            raise TypeError(
+                "Argument `depth` must be an integer, the number of levels to "
+                f"keep. Received: depth={depth!r} (of type {type(depth).__name__})"
+            )
+        if not 1 <= depth < count:
+            raise ValueError(
+                "Argument `depth` must be an integer >= 1 and below the current "
+                f"number of levels of model `{model.name}`, which is {count} "
+                f"({names}). Received: depth={depth}"
+            )
+        if not single_stack(model, levels):
+            raise ValueError(
+                f"Model `{model.name}` has parallel recurrent branches, so "
+                "`depth` does not say which levels to remove: pass `drop=` with "
+                f"level names instead. Levels: {names}. Received: depth={depth}"
+            )
+        return levels[depth - 1 : count - 1]
+    chosen = resolve(levels, getattr(drop, "drop", drop), argument="drop")
+    if not chosen:
+        raise ValueError(
+            "Argument `drop` must name at least one level to remove. Levels: "
+            f"{names}. Received: drop={drop!r}"
+        )
+    if len(chosen) == count:
+        raise ValueError(
+            f"Argument `drop` would remove every level of model `{model.name}`"
+            f" ({count}); keep at least one. Received: drop={drop!r}"
+        )
+    return chosen
+
+
+def _check_data(model, x, batch_size):
+    """The batch size to run `x` with; raise for data that cannot be sliced."""
+    leaves = keras.tree.flatten(x)
+    if not leaves or not all(
+        hasattr(leaf, "shape") and hasattr(leaf, "__getitem__") for leaf in leaves
+    ):
+        raise TypeError(
+            "Argument `x` must be array data as for `model.predict`: a NumPy "
+            "array or tensor, or a list or dict of them. Received: "
+            f"x of type {type(x).__name__}"
+        )
+    samples = leaves[0].shape[0]
+    fixed = model.inputs[0].shape[0]
+    if fixed is not None:
+        if samples % fixed:
+            raise ValueError(
+                f"Model `{model.name}` has a fixed batch size of {fixed}, so "
+                f"the number of samples in `x` must be a multiple of {fixed}. "
+                f"Received: {samples} samples"
+            )
+        return fixed
+    return batch_size
+
+
+@dataclasses.dataclass
+class _LayerPlan:
+    old: object
+    kept: list = None  # sublevel indices kept; None for a non-recurrent layer
+    return_sequences: object = None  # new value, or None to keep it
+
+    @property
+    def removed(self):
+        return self.kept == []
+
+
+def _plan(model, levels, removed):
+    removed_names = {level.name for level in removed}
+    plans = {}
+    for layer in ordered_layers(model):
+        plan = _LayerPlan(layer)
+        if recurrent_core(layer) is not None:
+            plan.kept = [
+                level.index
+                for level in levels
+                if level.layer is layer and level.name not in removed_names
+            ]
+        plans[id(layer)] = plan
+
+    producer = _producers(model)
+    for layer in ordered_layers(model):
+        plan = plans[id(layer)]
+        if not plan.removed:
+            continue
+        _check_removable(layer)
+        below = producer.get(id(layer))
+        while below is not None and plans.get(id(below), _LayerPlan(None)).removed:
+            below = producer.get(id(below))
+        below_plan = plans.get(id(below)) if below is not None else None
+        if below_plan is not None and below_plan.kept:
+            below_plan.return_sequences = layer.return_sequences
+        elif not layer.return_sequences:
+            what = f"layer `{below.name}`" if below is not None else "the model input"
+            raise ValueError(
+                f"Cannot remove layer `{layer.name}`: it returns only its last "
+                f"output, and what sits below it ({what}) is not a recurrent "
+                "layer that could do so instead, so the layers above would "
+                "receive sequences. Keep at least one of its levels."
+            )
+    return plans
+
+
+def _check_removable(layer):
+    outputs = keras.tree.flatten(layer.output)
+    if len(outputs) != 1:
+        raise ValueError(
+            f"Cannot remove layer `{layer.name}`: it returns {len(outputs)} "
+            "tensors (return_state=True, or Bidirectional merge_mode=None), "
+            "which the layers above it use. Keep at least one of its levels."
+        )
+    sequence, mask = sequence_input(layer)
+    extra = [
+        t
+        for t in keras.tree.flatten(layer.input)
+        if t is not sequence and t is not mask
+    ]
+    if extra:
+        raise ValueError(
+            f"Cannot remove layer `{layer.name}`: it is called with "
+            f"{len(extra)} input tensor(s) besides its sequence and mask "
+            "(e.g. `initial_state`). Keep at least one of its levels."
+        )
+
+
+def _producers(model):
+    """`{id(layer): the op producing its sequence input, or None}`."""
+    layers = ordered_layers(model)
+    if isinstance(model, keras.Sequential):
+        return {id(b): a for a, b in zip([None] + layers[:-1], layers)}
+    made_by = {}
+    for op in model.operations:
+        if isinstance(op, keras.layers.InputLayer):
+            continue
+        for tensor in keras.tree.flatten(op.output):
+            made_by[id(tensor)] = op
+    return {id(layer): made_by.get(id(sequence_input(layer)[0])) for layer in layers}
+
+
+def _new_config(plan):
+    layer = plan.old
+    # A nested layer's build_config (TimeDistributed, Bidirectional, ...)
+    # would build it for its old input width: the new model builds it.
+    config = _without_build_config(layer.get_config())
+    if plan.kept is None:
+        return config
+    if isinstance(layer, keras.layers.Bidirectional):
+        for key in ("layer", "backward_layer"):
+            if config.get(key):
+                config[key]["config"] = _recurrent_config(config[key]["config"], plan)
+        return config
+    return _recurrent_config(config, plan)
+
+
+def _without_build_config(config):
+    if isinstance(config, dict):
+        return {
+            key: _without_build_config(value)
+            for key, value in config.items()
+            if key != "build_config"
+        }
+    if isinstance(config, list):
+        return [_without_build_config(value) for value in config]
+    return config
+
+
+def _recurrent_config(config, plan):
+    config = dict(config)
+    if "depth" in config:
+        config["depth"] = len(plan.kept)
+        config["share_depth"] = bool(config.get("share_depth")) and len(plan.kept) > 1
+    if plan.return_sequences is not None:
+        config["return_sequences"] = plan.return_sequences
+    return config
+
+
+@contextlib.contextmanager
+def _python_seed(seed):
+    # Unseeded Keras initializers draw their seed from Python's `random`
+    # when they are created: seeding it while the new layers are created
+    # makes their initial values reproducible. The caller's state comes back.
+    if seed is None:
+        yield
+        return
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def _rebuild(model, plans):
+    """The new (uncompiled) model and `{id(old layer): new layer}`."""
+    new_layers = {
+        key: type(plan.old).from_config(_new_config(plan))
+        for key, plan in plans.items()
+        if not plan.removed
+    }
+    if isinstance(model, keras.Sequential):
+        return _rebuild_sequential(model, plans, new_layers), new_layers
+    removed = {key for key, plan in plans.items() if plan.removed}
+
+    def clone_function(op):
+        if id(op) in removed:
+            return op  # never called: call_function passes its input on
+        if id(op) in new_layers:
+            return new_layers[id(op)]
+        return type(op).from_config(op.get_config())
+
+    def call_function(layer, *args, **kwargs):
+        if id(layer) in removed:
+            # The layer's sequence input goes on; its mask reaches the layer
+            # above through that layer's own call arguments.
+            return args[0]
+        return layer(*args, **kwargs)
+
+    input_names = {
+        id(op.output): op.name
+        for op in model.operations
+        if isinstance(op, keras.layers.InputLayer)
+    }
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(
+            batch_shape=t.shape,
+            dtype=t.dtype,
+            sparse=t.sparse,
+            name=input_names.get(id(t)),
+        ),
+        model.input,
+    )
+    clone = keras.models.clone_model(
+        model,
+        input_tensors=inputs,
+        clone_function=clone_function,
+        call_function=call_function,
+    )
+    # The constructor, unlike the `trainable` setter, leaves the layers'
+    # own flags (from their configs) alone.
+    new_model = Model(
+        clone.input, clone.output, name=model.name, trainable=model.trainable
+    )
+    return new_model, new_layers
+
+
+def _rebuild_sequential(model, plans, new_layers):
+    first = model.get_config()["layers"][0]
+    if first.get("class_name") == "InputLayer":
+        config = first["config"]
+        inputs = keras.Input(
+            batch_shape=config["batch_shape"],
+            dtype=config.get("dtype"),
+            sparse=config.get("sparse"),
+            name=config.get("name"),
+        )
+    else:
+        tensor = model.inputs[0]
+        inputs = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype)
+    layers = [
+        new_layers[id(layer)] for layer in model.layers if id(layer) in new_layers
+    ]
+    return Sequential([inputs, *layers], name=model.name, trainable=model.trainable)
+
+
+@dataclasses.dataclass
+class _Pair:
+    """A weight of the new model and the old weight it takes over."""
+
+    new: object
+    old: object
+    old_layer: object  # top-level layers
+    new_layer: object
+    level: str = None  # old level name, for a recurrent weight
+    rnn: object = None  # the old recurrent layer (one direction) it is from
+    index: int = 0  # the old sublevel it is from
+    input_kernel: bool = False
+
+
+def _weight_pairs(plans, new_layers):
+    pairs = []
+    for key, plan in plans.items():
+        if plan.removed:
+            continue
+        old, new = plan.old, new_layers[key]
+        if plan.kept is None:
+            pairs += [_Pair(n, o, old, new) for n, o in zip(new.weights, old.weights)]
+            pairs += [_Pair(n, None, old, new) for n in new.weights[len(old.weights) :]]
+            continue
+        seen = set()
+        for old_rnn, new_rnn in zip(directions(old), directions(new)):
+            for j, i in enumerate(plan.kept):
+                for k, (n, o) in enumerate(
+                    zip(level_variables(new_rnn, j), level_variables(old_rnn, i))
+                ):
+                    if id(n) in seen:  # shared sublayers: one set, mapped once
+                        continue
+                    seen.add(id(n))
+                    pairs.append(
+                        _Pair(
+                            n,
+                            o,
+                            old,
+                            new,
+                            level=f"{old.name}/level_{i}",
+                            rnn=old_rnn,
+                            index=i,
+                            input_kernel=(j == 0 and k == 0),
+                        )
+                    )
+    return pairs
+
+
+def _transfer(pairs, model, new_model, strict, x, batch_size):
+    """Copy the weights that fit; replace the others. Returns `replaced`."""
+    fits = set()
+    for pair in pairs:
+        if pair.old is not None and tuple(pair.old.shape) == tuple(pair.new.shape):
+            fits.add(id(pair))
+            continue
+        if strict:
+            owner = (
+                f"level `{pair.level}`"
+                if pair.level
+                else f"layer `{pair.old_layer.name}`"
+            )
+            old_shape = None if pair.old is None else tuple(pair.old.shape)
+            raise ValueError(
+                f"Argument `strict=True` forbids replacing weights, but {owner} "
+                f"must replace its weight `{pair.new.path}`: shape {old_shape} "
+                f"in model `{model.name}`, {tuple(pair.new.shape)} in the "
+                "reduced model (its input width changed). Pass strict=False "
+                "to re-initialise it, with `x=` to fit recurrent input kernels "
+                "by least squares."
+            )
+    for pair in pairs:
+        if id(pair) in fits:
+            pair.new.assign(keras.ops.convert_to_numpy(pair.old))
+
+    replaced = []
+    fitter = None
+    try:
+        for pair in pairs:
+            if id(pair) in fits:
+                continue
+            if x is not None and pair.input_kernel:
+                if fitter is None:
+                    fitter = _LeastSquares(model, new_model, x, batch_size)
+                fitter.fit(pair)
+                replaced.append((pair.new.path, LEAST_SQUARES))
+            else:
+                replaced.append((pair.new.path, REINITIALISED))
+    finally:
+        if fitter is not None:
+            fitter.close()
+    return replaced
+
+
+class _LeastSquares:
+    """Fits replaced input kernels, bottom to top, on the inputs `x`."""
+
+    def __init__(self, model, new_model, x, batch_size):
+        self.model = model
+        self.new_model = new_model
+        self.x = x
+        self.batch_size = batch_size
+        self.old_inputs = {}
+        self.new_inputs = {}
+        # Running the old model moves its stateful layers' states: keep them
+        # to put back, and run from zero states as the new model does.
+        self.saved_states = [(v, keras.ops.convert_to_numpy(v)) for v in _states(model)]
+        for variable, _ in self.saved_states:
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+
+    def close(self):
+        for variable, value in self.saved_states:
+            variable.assign(value)
+        for variable in _states(self.new_model):
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+
+    def fit(self, pair):
+        # The new model's input to the level, with the weights below it
+        # already final (pairs come bottom to top).
+        if id(pair.new_layer) not in self.new_inputs:
+            self.new_inputs[id(pair.new_layer)] = _run(
+                self.new_model, self.x, self.batch_size, pair.new_layer
+            )
+        x_new, mask = self.new_inputs[id(pair.new_layer)]
+        key = (id(pair.old_layer), pair.index == 0)
+        if key not in self.old_inputs:
+            self.old_inputs[key] = _run(
+                self.model,
+                self.x,
+                self.batch_size,
+                pair.old_layer,
+                record=pair.index > 0,
+            )
+        x_old, old_mask = self.old_inputs[key]
+        if pair.index > 0:
+            # Sublevel i > 0 sees the output sequence of sublevel i - 1.
+            x_old = x_old[(id(pair.rnn), pair.index - 1)]
+        mask = old_mask if mask is None else mask
+        a = x_new.reshape(-1, x_new.shape[-1]).astype(np.float64)
+        b = x_old.reshape(-1, x_old.shape[-1]).astype(np.float64)
+        if mask is not None:
+            rows = mask.reshape(-1).astype(bool)
+            a, b = a[rows], b[rows]
+        target = b @ keras.ops.convert_to_numpy(pair.old).astype(np.float64)
+        gram = a.T @ a
+        ridge = max(1e-6 * np.trace(gram), 1e-12)
+        kernel = np.linalg.solve(gram + ridge * np.eye(len(gram)), a.T @ target)
+        pair.new.assign(kernel.astype(keras.backend.standardize_dtype(pair.new.dtype)))
+
+
+def _states(model):
+    """The state variables of the model's stateful recurrent layers."""
+    found = []
+    for layer in ordered_layers(model):
+        if recurrent_core(layer) is None:
+            continue
+        for rnn in directions(layer):
+            if rnn.stateful and rnn.states is not None:
+                found += list(rnn.states)
+    return found
+
+
+def _run(model, x, batch_size, layer, record=False):
+    """`(sequence, mask)` that `layer` receives on `x`, as NumPy arrays.
+
+    With `record`, `sequence` is instead `{(id(rnn), sublevel): outputs}`:
+    the output sequence of every `SharedRNN` sublevel of `layer`, in input
+    order, read from the probes the layer exposes while recorded.
+    """
+    sequence, mask = sequence_input(layer)
+    outputs = [sequence] if mask is None else [sequence, mask]
+    if record:
+        outputs.append(keras.tree.flatten(layer.output)[0])
+    # A Sequential model has one input and no `input` until it is called.
+    inputs = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+    features = keras.Model(inputs, outputs)
+    rnns = {id(rnn): rnn for rnn in directions(layer)}
+    samples = keras.tree.flatten(x)[0].shape[0]
+    chunks, levels = [], {}
+    for start in range(0, samples, batch_size):
+        rows = slice(start, start + batch_size)
+        batch = keras.tree.map_structure(lambda a, rows=rows: a[rows], x)
+        if record:
+            # The probes need a tape to watch them; nothing is differentiated.
+            with tf.GradientTape() as tape, probes.recording(tape) as recorder:
+                values = features(batch, training=False)
+            for probe in recorder.probes:
+                if id(probe.layer) not in rnns:
+                    continue
+                out = np.transpose(keras.ops.convert_to_numpy(probe.outputs), (1, 0, 2))
+                if probe.layer.go_backwards:  # processing order -> input order
+                    out = out[:, ::-1]
+                levels.setdefault((id(probe.layer), probe.level), []).append(out)
+        else:
+            values = features(batch, training=False)
+        chunks.append(
+            [keras.ops.convert_to_numpy(v) for v in keras.tree.flatten(values)]
+        )
+    sequences = np.concatenate([c[0] for c in chunks])
+    masks = np.concatenate([c[1] for c in chunks]) if mask is not None else None
+    if record:
+        return {k: np.concatenate(v) for k, v in levels.items()}, masks
+    return sequences, masks
