@@ -20,6 +20,7 @@ _STAGE_COLUMNS = [
     "verdicts",
     "removed",
     "method",
+    "explanation",
 ]
 
 
@@ -91,7 +92,8 @@ def fit_reducing_depth(
         `parameters`, `first_epoch`, `epochs` (trained in the stage), `loss`
         and `val_loss` (last epoch of the stage), `verdicts` (the diagnosis
         that ended the stage, or of its last epoch), `removed` (levels
-        removed to start the stage), `method`.
+        removed to start the stage), `method`, `explanation` (the plan's
+        reasons, for stages after the first).
 
     Raises:
         ValueError: bad `epochs`, `min_depth`, `patience`, `method`,
@@ -211,6 +213,7 @@ def _stage(index, model, levels, first_epoch, removed, method):
         "verdicts": "",
         "removed": ", ".join(removed),
         "method": method,
+        "explanation": "",
     }
 
 
