@@ -260,14 +260,12 @@ def _similarity(model, levels, x, batch_size):
     for group in by_layer.values():
         layer = group[0].layer
         inputs, mask = _run(model, x, batch_size, layer)
-        outputs, _ = _run(model, x, batch_size, layer, record=True)
-        rnns = directions(layer)
-        if not all((id(rnn), 0) in outputs for rnn in rnns):
-            outputs = {
-                (id(rnn), 0): _layer_outputs(model, x, batch_size, layer)
-                for rnn in rnns[:1]
-            }
-            rnns = rnns[:1]
+        if group[0].kind == "SharedRNN":  # every sublevel's sequence, per direction
+            outputs, _ = _run(model, x, batch_size, layer, record=True)
+            rnns = directions(layer)
+        else:  # one level: the layer's own output (merged for Bidirectional)
+            outputs = {(id(layer), 0): _layer_outputs(model, x, batch_size, layer)}
+            rnns = [layer]
         for level in group:
             distances = []
             for rnn in rnns:

@@ -160,7 +160,7 @@ class SharedRNNCell(keras.layers.Layer):
                 f"defined. Received: input_shape={tuple(input_shape)}"
             )
         self.input_dim = input_dim
-        self._level_weights = [self._add_level("", input_dim)]
+        self._level_weights = [self._add_level("", input_dim, first=True)]
         if self.share_depth:
             shared = self._add_level("shared_", self.units)
             self._level_weights += [shared] * (self.depth - 1)
@@ -170,18 +170,22 @@ class SharedRNNCell(keras.layers.Layer):
                 for level in range(1, self.depth)
             ]
 
-    def _add_level(self, prefix, input_dim, suffix=""):
+    def _add_level(self, prefix, input_dim, suffix="", first=False):
+        # Keras 3 returns the same values each time one unseeded initializer
+        # instance is called, so every level after the first gets a fresh
+        # copy; otherwise all levels would start from identical weights.
+        fresh = (lambda i: i) if first else _fresh
         kernel = self.add_weight(
             shape=(input_dim, self.units),
             name=f"{prefix}kernel{suffix}",
-            initializer=self.kernel_initializer,
+            initializer=fresh(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
         recurrent_kernel = self.add_weight(
             shape=(self.units, self.units),
             name=f"{prefix}recurrent_kernel{suffix}",
-            initializer=self.recurrent_initializer,
+            initializer=fresh(self.recurrent_initializer),
             regularizer=self.recurrent_regularizer,
             constraint=self.recurrent_constraint,
         )
@@ -190,7 +194,7 @@ class SharedRNNCell(keras.layers.Layer):
             bias = self.add_weight(
                 shape=(self.units,),
                 name=f"{prefix}bias{suffix}",
-                initializer=self.bias_initializer,
+                initializer=fresh(self.bias_initializer),
                 regularizer=self.bias_regularizer,
                 constraint=self.bias_constraint,
             )
@@ -288,3 +292,8 @@ class SharedRNNCell(keras.layers.Layer):
             "seed": self.seed,
         }
         return {**super().get_config(), **config}
+
+
+def _fresh(initializer):
+    """A new instance with the same config (a new default seed if unseeded)."""
+    return type(initializer).from_config(initializer.get_config())

@@ -63,3 +63,15 @@ def test_orthogonal_gain():
     layer.build((None, None, 3))
     u = layer.cell.recurrent_kernel.numpy()
     assert_close(u.T @ u, 4.0 * np.eye(6))
+
+
+def test_unshared_levels_start_from_different_weights():
+    # One unseeded Keras initializer instance returns the same values on
+    # every call: each level must get its own draw.
+    cell = SharedRNNCell(4, depth=3)
+    cell.build((None, 4))
+    kernels = [cell.level_weights(i)[0].numpy() for i in range(3)]
+    recurrent = [cell.level_weights(i)[1].numpy() for i in range(3)]
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert not np.array_equal(kernels[a], kernels[b])
+        assert not np.array_equal(recurrent[a], recurrent[b])
