@@ -1,0 +1,116 @@
+"""Behaviours a mutation trial showed untested: the idle clip factor, a
+go_backwards horizon at the callback level, a single exploding spike, and
+non-finite gradients behind a finite forward pass."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_seq
+from keras_seq import diagnostics
+from keras_seq.callbacks import GradientMonitor
+from keras_seq.layers import SharedRNN
+
+
+def _model(rnn, steps, loss="mse", optimizer=None):
+    model = keras_seq.Sequential(
+        [keras.Input((steps, 2)), rnn, keras.layers.Dense(1, name="head")]
+    )
+    model.compile(optimizer=optimizer or keras.optimizers.SGD(0.01), loss=loss)
+    return model
+
+
+def test_global_clipnorm_that_does_not_fire_changes_nothing():
+    rng = np.random.RandomState(0)
+    x, y = rng.randn(4, 7, 2).astype("float32"), rng.randn(4, 1).astype("float32")
+    lr = 1.0
+    model = _model(
+        SharedRNN(5, depth=2, share_depth=True, name="rnn"),
+        7,
+        optimizer=keras.optimizers.SGD(lr, global_clipnorm=1e6),
+    )
+    before = [w.copy() for w in model.get_weights()]
+    monitor = GradientMonitor()
+    model.fit(x, y, batch_size=4, verbose=0, callbacks=[monitor])
+    after = model.get_weights()
+    row = monitor.to_frame().iloc[0]
+    applied = np.sqrt(sum(np.sum(((b - a) / lr) ** 2) for b, a in zip(before, after)))
+    np.testing.assert_allclose(row.applied_norm, applied, rtol=1e-5)
+    np.testing.assert_allclose(row.applied_norm, row.global_norm, rtol=1e-6)
+    # Contributions add up to the (unclipped) recurrent-kernel gradients.
+    frame = monitor.timestep_frame()
+    for names, k in ((["rnn/level_0"], 1), (["rnn/level_1"], 4)):
+        total = frame[frame.layer.isin(names)].contribution.sum()
+        np.testing.assert_allclose(
+            total, np.linalg.norm((before[k] - after[k]) / lr), rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backwards"])
+def test_horizon_and_decay_count_back_in_processing_order(go_backwards):
+    steps = 60
+    x = np.random.RandomState(0).randn(8, steps, 2).astype("float32")
+    rnn = SharedRNN(
+        6,
+        go_backwards=go_backwards,
+        recurrent_initializer=keras.initializers.Orthogonal(0.1),
+        name="rnn",
+    )
+    model = _model(rnn, steps)
+    monitor = GradientMonitor()
+    model.fit(x, np.ones((8, 1)), batch_size=8, verbose=0, callbacks=[monitor])
+    verdict = monitor.diagnosis().sublayers["rnn/level_0"]
+    assert verdict.vanishing and 1 <= verdict.horizon < 6 and verdict.decay < 0.3
+    norms = monitor.timestep_frame().sort_values("timestep").grad_norm.to_numpy()
+    processing = norms[::-1] if go_backwards else norms
+    assert verdict.horizon == diagnostics.gradient_horizon(processing)
+    # The gradient enters at the last processed step: input step 0 backwards.
+    assert np.argmax(norms) == (0 if go_backwards else steps - 1)
+    row = monitor.to_frame().iloc[0]
+    assert row["horizon/rnn/level_0"] == verdict.horizon
+    assert row["decay/rnn/level_0"] == pytest.approx(verdict.decay)
+
+
+def test_exploding_verdict_marks_a_single_spike_and_clears_after_it():
+    rng = np.random.RandomState(0)
+    x = rng.randn(40, 5, 2).astype("float32")
+    y = np.ones((40, 1), "float32")
+    y[24:28] = 1e4  # batch 6 of 10 only
+    # A zero learning rate: the spike cannot change the later steps.
+    model = _model(SharedRNN(4, name="rnn"), 5, optimizer=keras.optimizers.SGD(0.0))
+    monitor = GradientMonitor(explode_threshold=1e12)  # the jump rule only
+    with pytest.warns(UserWarning, match=r"Exploding gradients at step 6"):
+        model.fit(
+            x,
+            y,
+            batch_size=4,
+            shuffle=False,
+            verbose=0,
+            callbacks=[monitor],
+        )
+    diagnosis = monitor.diagnosis()
+    assert diagnosis.exploding_steps == [6]
+    assert not diagnosis.exploding  # the latest step (9) is normal again
+
+
+def _sqrt_loss(y_true, y_pred):
+    # Finite (zero) forward value, NaN gradient: d sqrt(u)/du at 0 is inf.
+    return tf.sqrt(tf.reduce_mean(tf.square(y_true - y_pred)) * 0.0)
+
+
+@pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backwards"])
+def test_nonfinite_gradients_behind_a_finite_forward_pass(go_backwards):
+    steps = 6
+    x = np.random.RandomState(0).randn(4, steps, 2).astype("float32")
+    rnn = SharedRNN(3, depth=2, go_backwards=go_backwards, name="rnn")
+    model = _model(rnn, steps, loss=_sqrt_loss)
+    monitor = GradientMonitor(on_nan="skip")
+    model.fit(x, np.ones((4, 1)), batch_size=4, verbose=0, callbacks=[monitor])
+    assert monitor.skipped_steps == 1
+    nonfinite = monitor.diagnosis().nonfinite
+    # The backward pass meets the NaN first in the top level, at the last
+    # processed step: input step T-1 forwards, 0 backwards.
+    assert nonfinite.layer == "rnn/level_1"
+    assert nonfinite.timestep == (0 if go_backwards else steps - 1)
+    assert monitor.to_frame().loss.iloc[0] == 0.0
