@@ -113,4 +113,7 @@ def test_nonfinite_gradients_behind_a_finite_forward_pass(go_backwards):
     # processed step: input step T-1 forwards, 0 backwards.
     assert nonfinite.layer == "rnn/level_1"
     assert nonfinite.timestep == (0 if go_backwards else steps - 1)
+    top = monitor.diagnosis().sublayers["rnn/level_1"]
+    assert top.nonfinite_timestep == nonfinite.timestep
+    assert "non-finite from t=" + str(nonfinite.timestep) in monitor.report()
     assert monitor.to_frame().loss.iloc[0] == 0.0
