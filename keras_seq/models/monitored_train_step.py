@@ -52,6 +52,23 @@ class MonitoredTrainStep:
             # Variables cannot be created inside the guard's tf.cond.
             self.optimizer.build(self.trainable_variables)
         self._gradient_layer_names, self._gradient_variable_names = _layer_map(self)
+        # The traced steps capture the monitor's counters and settings, the
+        # optimizer and the metric objects: reuse them while all are the same
+        # (a second fit with the same monitor); compile makes new ones.
+        key = (
+            id(settings.counters),
+            settings.guard,
+            settings.histograms,
+            settings.contributions,
+            id(self.optimizer),
+            tuple(id(m) for m in self.metrics),
+            self.steps_per_execution,
+        )
+        cached = getattr(self, "_gradient_function_cache", None)
+        if not force and cached is not None and cached[0] == key:
+            self._gradient_train_functions = cached[1]
+            self.train_function = cached[1][False]
+            return self.train_function
         functions = {}
         for record in (False, True):
             # Keras binds `self.train_step` when it builds the function.
@@ -62,6 +79,7 @@ class MonitoredTrainStep:
                 del self.train_step
             functions[record] = self._strip_statistics(self.train_function)
         self._gradient_train_functions = functions
+        self._gradient_function_cache = (key, functions)
         self.train_function = functions[False]
         return self.train_function
 

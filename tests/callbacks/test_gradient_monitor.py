@@ -431,3 +431,28 @@ def test_a_layer_called_twice_is_recorded_per_call():
     frame = monitor.timestep_frame()
     assert sorted(frame.layer.unique()) == ["encoder#1/level_0", "encoder/level_0"]
     assert len(frame) == 2 * 5
+
+
+def test_second_fit_with_the_same_monitor_does_not_retrace():
+    model = _model(SharedRNN(3, depth=2, name="rnn"), 5)
+    traces = []
+    step = model._monitored_train_step
+
+    def counting_step(data, record):
+        traces.append(record)  # Python runs only while tracing
+        return step(data, record)
+
+    model._monitored_train_step = counting_step
+    x, y = np.ones((8, 5, 2), "float32"), np.ones((8, 1), "float32")
+    monitor = GradientMonitor(every=2)
+    _fit(model, x, y, monitor)
+    first = len(traces)
+    assert sorted(set(traces)) == [False, True]
+    _fit(model, x, y, monitor)
+    assert len(traces) == first  # reused
+    assert [r["step"] for r in monitor.records] == [0, 2]
+    # Without the monitor Keras trains with its own step; a recompile retraces.
+    _fit(model, x, y, keras.callbacks.Callback())
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    _fit(model, x, y, monitor)
+    assert len(traces) > first
