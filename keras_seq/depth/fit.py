@@ -187,6 +187,8 @@ def fit_reducing_depth(
             depth=target,
             method=method,
             tolerance=tolerance,
+            # One forward pass per candidate over the whole sample.
+            batch_size=diagnosis_samples,
         )
         model = reduce_depth(
             model, drop=plan, x=None if sample[0] is None else sample[0]
