@@ -79,11 +79,15 @@ def suggest_depth(
       the levels just below the top go first, then downwards, the top level
       last, as `reduce_depth(model, depth=...)` does without a plan.
 
-    `method="auto"` orders the levels by ablation cost, but first the
-    flagged levels whose cost is small (at most `tolerance` times the full
-    model's loss), then the other small-cost levels, then the rest; without
-    data for ablation it orders by the gradient flags and `depth_ratio`
-    (with a monitor) or falls back to `last`, and says so.
+    `method="auto"` with data removes levels one at a time, each time the
+    one whose removal *together with those already chosen* measures best
+    (single-level costs do not add up): first flagged levels whose loss cost
+    is small (at most `tolerance` times the full model's loss), then other
+    small-cost levels, then the rest by cost; among equals, removals that
+    keep every trained weight come before those that need a replaced input
+    kernel (measured here: healing after such a removal was worse on every
+    seed, see the README). Without data it orders by the gradient flags and
+    `depth_ratio` (with a monitor) or falls back to `last`, and says so.
 
     The target depth is `depth` when given; otherwise, with data, the
     smallest depth whose measured loss, removing levels in the chosen order
@@ -107,7 +111,8 @@ def suggest_depth(
 
     Returns:
         A `DepthPlan`. Its `scores` columns: `level`, `position`, `kind`,
-        `parameters`, `ablation_loss`, `ablation_cost`, `similarity`,
+        `parameters`, `ablation_loss`, `ablation_cost`, `replaces_weights`
+        (removing the level alone replaces a kept weight), `similarity`,
         `grad_share`, `horizon`, `decay`, `depth_ratio`, `attenuation`,
         `flags`, `rank` (0 = removed first by `method`), `drop`.
 
@@ -202,15 +207,14 @@ def suggest_depth(
     notes = []
     if has_data:
         full_loss = _evaluate(model, x, y, batch_size)
-        losses = [
-            _evaluate(_without(model, [lv.name], x, batch_size), x, y, batch_size)
-            for lv in levels
-        ]
-        frame["ablation_loss"] = losses
-        frame["ablation_cost"] = np.asarray(losses) - full_loss
+        measured = [_measure(model, [lv.name], x, y, batch_size) for lv in levels]
+        frame["ablation_loss"] = [loss for loss, _ in measured]
+        frame["ablation_cost"] = frame["ablation_loss"] - full_loss
+        frame["replaces_weights"] = [replaces for _, replaces in measured]
         frame["similarity"] = _similarity(model, levels, x, batch_size)
     else:
         frame["ablation_loss"] = frame["ablation_cost"] = np.nan
+        frame["replaces_weights"] = None  # known from a removal with data
         frame["similarity"] = np.nan
     if monitor is None and has_data:
         monitor = _gradient_run(model, x, y, batch_size, gradient_steps)
@@ -219,12 +223,36 @@ def suggest_depth(
         frame[column] = np.nan if gradient is None else gradient[column]
     frame["flags"] = "" if gradient is None else gradient["flags"]
 
-    order, how = _order(frame, method, full_loss, tolerance)
-    if method == "auto":
-        notes.append(how)
+    prefix_losses = {}
+    if method == "auto" and has_data:
+        order, prefix_losses = _greedy(
+            model, frame, full_loss, tolerance, depth, x, y, batch_size
+        )
+        notes.append(
+            "auto: levels removed one at a time, each time the one whose "
+            "removal together with those already chosen measures best: first "
+            "levels flagged (vanishing/exploding/non-finite gradients) whose "
+            f"loss cost is small (<= {tolerance:g} x the full loss), then other "
+            "small-cost levels, then the rest by cost; at equal standing, "
+            "removals that keep every trained weight before those that need "
+            "a replaced input kernel"
+        )
+    else:
+        order, how = _order(frame, method, full_loss, tolerance)
+        if how:
+            notes.append(how)
     frame["rank"] = np.argsort(order)
     drop_count, loss, target_note = _target(
-        model, frame, order, depth, full_loss, tolerance, x, y, batch_size
+        model,
+        frame,
+        order,
+        depth,
+        full_loss,
+        tolerance,
+        x,
+        y,
+        batch_size,
+        prefix_losses,
     )
     notes.append(target_note)
     drop = [frame.level[i] for i in order[:drop_count]]
@@ -249,7 +277,7 @@ def _evaluate(model, x, y, batch_size):
     total = 0.0
     for start in range(0, samples, batch_size):
         xb, yb = keras.tree.map_structure(
-            lambda a: a[start : start + batch_size], (x, y)
+            lambda a, s=start: a[s : s + batch_size], (x, y)
         )
         y_pred = model(xb, training=False)
         loss = model.compute_loss(x=xb, y=yb, y_pred=y_pred, training=False)
@@ -259,6 +287,61 @@ def _evaluate(model, x, y, batch_size):
 
 def _without(model, names, x, batch_size):
     return reduce_depth(model, drop=list(names), x=x, batch_size=batch_size).model
+
+
+def _measure(model, names, x, y, batch_size):
+    """(loss without the named levels, whether a weight had to be replaced)."""
+    result = reduce_depth(model, drop=list(names), x=x, batch_size=batch_size)
+    return _evaluate(result.model, x, y, batch_size), bool(result.replaced)
+
+
+def _auto_key(cost, flagged, replaces, small_cost):
+    small = cost <= small_cost
+    if flagged and small:
+        group = 0
+    elif small:
+        group = 1
+    else:
+        group = 2
+    return (group, bool(replaces), cost)
+
+
+def _greedy(model, frame, full_loss, tolerance, depth, x, y, batch_size):
+    """`auto` with data: the removal order, chosen one level at a time by
+    the measured loss of the combination, and `{k: loss without the first
+    k}` for the prefixes measured."""
+    names = frame.level.tolist()
+    n = len(names)
+    flagged = frame["flags"].str.len().to_numpy() > 0
+    small_cost = tolerance * abs(full_loss)
+    limit = full_loss + small_cost
+    wanted = n - 1 if depth is None else n - depth
+    current = {i: (frame.ablation_loss[i], frame.replaces_weights[i]) for i in range(n)}
+    chosen, losses = [], {0: full_loss}
+
+    def key(i):
+        loss, replaces = current[i]
+        return _auto_key(loss - full_loss, flagged[i], replaces, small_cost)
+
+    while len(chosen) < wanted:
+        best = min(current, key=key)
+        if depth is None and current[best][0] > limit:
+            break
+        chosen.append(best)
+        losses[len(chosen)] = float(current[best][0])
+        del current[best]
+        if len(chosen) < wanted:
+            current = {
+                i: _measure(model, [names[j] for j in chosen + [i]], x, y, batch_size)
+                for i in current
+            }
+    rest = sorted(
+        (i for i in range(n) if i not in chosen),
+        key=lambda i: _auto_key(
+            frame.ablation_cost[i], flagged[i], frame.replaces_weights[i], small_cost
+        ),
+    )
+    return chosen + rest, losses
 
 
 def _similarity(model, levels, x, batch_size):
@@ -465,14 +548,17 @@ def _by_gradient(frame, flagged):
     )
 
 
-def _target(model, frame, order, depth, full_loss, tolerance, x, y, batch_size):
-    """How many levels to remove, the measured loss, and a note."""
+def _target(
+    model, frame, order, depth, full_loss, tolerance, x, y, batch_size, measured
+):
+    """How many levels to remove, the measured loss, and a note. `measured`:
+    `{k: loss without the first k levels of order}` already known."""
     n = len(order)
     names = frame.level.tolist()
     if depth is not None:
         count = n - depth
-        loss = None
-        if x is not None:
+        loss = measured.get(count)
+        if loss is None and x is not None:
             loss = _evaluate(
                 _without(model, [names[i] for i in order[:count]], x, batch_size),
                 x,
@@ -492,6 +578,11 @@ def _target(model, frame, order, depth, full_loss, tolerance, x, y, batch_size):
     limit = full_loss + tolerance * abs(full_loss)
     count, loss = 0, full_loss
     for k in range(1, n):
+        if measured:  # the greedy search stopped at the tolerance
+            if k not in measured:
+                break
+            count, loss = k, measured[k]
+            continue
         trial = _evaluate(
             _without(model, [names[i] for i in order[:k]], x, batch_size),
             x,
