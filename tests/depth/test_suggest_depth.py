@@ -198,3 +198,24 @@ def test_errors_about_data_and_models():
     uncompiled = keras_seq.Sequential([keras.Input((T, F)), SharedRNN(U, depth=2)])
     with pytest.raises(ValueError, match="not compiled"):
         suggest_depth(uncompiled, x, y[:, :, None] if y.ndim == 3 else y)
+
+
+def test_auto_picks_each_next_level_by_the_measured_combination():
+    x, y = _data(64)
+    model = _stack(4)  # every level has width U: no weight is ever replaced
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(x, y, epochs=20, batch_size=64, verbose=0)
+    plan = suggest_depth(model, x, y, depth=2, tolerance=0.0)
+    assert not plan.scores.replaces_weights.any()
+    first, second = plan.drop
+    full = model.evaluate(x, y, verbose=0)
+    flagged = set(plan.scores.level[plan.scores["flags"].str.len() > 0])
+    pair = {}
+    for name in plan.scores.level:
+        if name != first:
+            reduced = reduce_depth(model, drop=[first, name], x=x).model
+            pair[name] = reduced.evaluate(x, y, verbose=0)
+    # Flagged levels first only when their cost is small (tolerance 0: <= 0).
+    key = {n: (not (n in flagged and loss <= full), loss) for n, loss in pair.items()}
+    assert second == min(key, key=key.get)
+    assert plan.loss == pytest.approx(pair[second], rel=1e-5)
