@@ -195,6 +195,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self._exploding_steps = []
         self._latest = {}  # sublayer -> SublayerDiagnosis of the last record
         self._latest_depth = None  # DepthDiagnosis of the last record
+        self._model_first_record = 0  # records before it: earlier models
         self._levels = None  # the model's recurrent levels, one stack, or []
         self._writer = None
         self._layout_written = False
@@ -239,6 +240,8 @@ class GradientMonitor(keras.callbacks.Callback):
             self._counters_model = model
             self._levels = None  # found at the first record, once built
             self._latest, self._latest_depth = {}, None  # the old model's
+            # Another model's norms are no baseline for the jump rule.
+            self._model_first_record = len(self.records)
         model._gradient_monitor_settings = MonitorSettings(
             counters=self._counters,
             guard=self.on_nan in ("stop", "skip"),
@@ -367,9 +370,10 @@ class GradientMonitor(keras.callbacks.Callback):
         self._variable_norms.append((step, stats["variable_norms"]))
         self.records.append(row)
 
-        # The verdict looks at the last 20 records only.
+        # The verdict looks at the last 20 records of this model only.
+        first = max(self._model_first_record, len(self.records) - 21)
         exploding = finite and diagnostics.is_exploding(
-            [r["global_norm"] for r in self.records[-21:]],
+            [r["global_norm"] for r in self.records[first:]],
             threshold=self.explode_threshold,
             jump=self.explode_jump,
         )

@@ -117,3 +117,20 @@ def test_nonfinite_gradients_behind_a_finite_forward_pass(go_backwards):
     assert top.nonfinite_timestep == nonfinite.timestep
     assert "non-finite from t=" + str(nonfinite.timestep) in monitor.report()
     assert monitor.to_frame().loss.iloc[0] == 0.0
+
+
+def test_moving_to_another_model_restarts_the_jump_baseline():
+    # fit_reducing_depth moves one monitor to a shallower model whose norms
+    # are far larger: that is no explosion.
+    rng = np.random.RandomState(0)
+    x = rng.randn(16, 5, 2).astype("float32")
+    monitor = GradientMonitor(on_explode="stop", explode_threshold=1e12)
+    small = _model(SharedRNN(4, name="rnn"), 5, optimizer=keras.optimizers.SGD(0.0))
+    small.fit(x, np.zeros((16, 1)), batch_size=4, verbose=0, callbacks=[monitor])
+    large = _model(SharedRNN(4, name="rnn"), 5, optimizer=keras.optimizers.SGD(0.0))
+    large.fit(x, np.full((16, 1), 1e3), batch_size=4, verbose=0, callbacks=[monitor])
+    norms = monitor.to_frame().global_norm.to_numpy()
+    assert norms[4:].min() > 10 * np.median(norms[:4])  # a jump by the rule
+    assert monitor.diagnosis().exploding_steps == []
+    assert not large.stop_training
+    assert monitor.to_frame().step.tolist() == list(range(8))
