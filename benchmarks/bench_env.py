@@ -59,6 +59,13 @@ def environment(**extra):
     }
 
 
+def targets_table(rows, measured="measured"):
+    """Markdown table of `(target, measured, status)` rows."""
+    lines = [f"| target | {measured} | status |", "| --- | --- | --- |"]
+    lines += [f"| {t} | {m} | {s} |" for t, m, s in rows]
+    return "\n".join(lines)
+
+
 def finish(targets_markdown, errors, minutes, json_path, payload):
     """The targets table, any errors, the run time; `payload` as JSON."""
     print("\n## Targets (from the issue; reported, not asserted)\n")

@@ -87,7 +87,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_env import environment, finish  # noqa: E402
+from bench_env import environment, finish, targets_table  # noqa: E402
 
 import keras_seq  # noqa: E402
 import keras_seq.depth.fit as depth_fit  # noqa: E402
@@ -819,12 +819,6 @@ def evaluate_targets(results):
     return targets
 
 
-def targets_table(targets):
-    lines = ["| target | measured (per seed) | status |", "| --- | --- | --- |"]
-    lines += [f"| {t} | {m} | {s} |" for t, m, s in targets]
-    return "\n".join(lines)
-
-
 def wrap(text):
     return textwrap.fill(text, width=79, break_on_hyphens=False)
 
@@ -1032,7 +1026,7 @@ def main(argv=None):
         )
     )
     finish(
-        targets_table(targets),
+        targets_table(targets, "measured (per seed)"),
         errors,
         minutes,
         args.json,

@@ -63,7 +63,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_env import environment, finish  # noqa: E402
+from bench_env import environment, finish, targets_table  # noqa: E402
 
 import keras_seq  # noqa: E402
 
@@ -451,15 +451,6 @@ def evaluate_targets(rows, workload_list):
             )
         )
     return results
-
-
-def targets_table(results):
-    lines = [
-        "| target | workload | measured | est. at 1/every | status |",
-        "| --- | --- | ---: | ---: | --- |",
-    ]
-    lines += [f"| {t} | {w} | {m} | {e} | {s} |" for t, w, m, e, s in results]
-    return "\n".join(lines)
 
 
 def method_note(workload_list, repeats):

@@ -53,7 +53,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_env import environment, finish  # noqa: E402
+from bench_env import environment, finish, targets_table  # noqa: E402
 
 import keras_seq  # noqa: E402
 
@@ -454,12 +454,6 @@ def evaluate_targets(speed, memory):
     else:
         results.append((TARGETS["memory"], "—", "not run"))
     return results
-
-
-def targets_table(results):
-    lines = ["| target | measured | status |", "| --- | --- | --- |"]
-    lines += [f"| {t} | {m} | {s} |" for t, m, s in results]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- main
