@@ -238,7 +238,7 @@ def suggest_depth(
             "a replaced input kernel"
         )
     else:
-        order, how = _order(frame, method, full_loss, tolerance)
+        order, how = _order(frame, method)
         if how:
             notes.append(how)
     frame["rank"] = np.argsort(order)
@@ -283,10 +283,6 @@ def _evaluate(model, x, y, batch_size):
         loss = model.compute_loss(x=xb, y=yb, y_pred=y_pred, training=False)
         total += float(loss) * len(keras.tree.flatten(xb)[0])
     return total / samples
-
-
-def _without(model, names, x, batch_size):
-    return reduce_depth(model, drop=list(names), x=x, batch_size=batch_size).model
 
 
 def _measure(model, names, x, y, batch_size):
@@ -500,7 +496,7 @@ def _gradient_scores(levels, monitor):
     return result
 
 
-def _order(frame, method, full_loss, tolerance):
+def _order(frame, method):
     """Level indices in removal order, and how `auto` chose."""
     n = len(frame)
     positions = list(range(n))
@@ -514,17 +510,7 @@ def _order(frame, method, full_loss, tolerance):
         return _sorted(positions, frame.similarity), ""
     if method == "gradient":
         return _by_gradient(frame, flagged), ""
-    # auto
-    if np.isfinite(frame.ablation_cost).all():
-        small = frame.ablation_cost.to_numpy() <= tolerance * abs(full_loss)
-        groups = [flagged & small, ~flagged & small, ~small]
-        order = []
-        for group in groups:
-            order += _sorted([i for i in positions if group[i]], frame.ablation_cost)
-        return order, (
-            "auto: by measured ablation cost, flagged levels (vanishing/"
-            "exploding/non-finite gradients) with a small cost first"
-        )
+    # auto without data (with data, suggest_depth uses _greedy)
     if np.isfinite(frame.depth_ratio).any():
         return _by_gradient(frame, flagged), (
             "auto: no data to measure losses: by the monitor's gradient flags "
@@ -559,39 +545,27 @@ def _target(
         count = n - depth
         loss = measured.get(count)
         if loss is None and x is not None:
-            loss = _evaluate(
-                _without(model, [names[i] for i in order[:count]], x, batch_size),
-                x,
-                y,
-                batch_size,
-            )
+            loss = _measure(model, [names[i] for i in order[:count]], x, y, batch_size)[
+                0
+            ]
         return count, loss, f"target: depth={depth}, as given"
     if x is None:
-        return (
-            1,
-            None,
-            (
-                "target: one level less (no data to measure the loss: pass x and y "
-                "to choose the depth by measured loss)"
-            ),
+        note = (
+            "target: one level less (no data to measure the loss: pass x and y "
+            "to choose the depth by measured loss)"
         )
-    limit = full_loss + tolerance * abs(full_loss)
-    count, loss = 0, full_loss
-    for k in range(1, n):
-        if measured:  # the greedy search stopped at the tolerance
-            if k not in measured:
+        return 1, None, note
+    if measured:  # the greedy search stopped at the tolerance
+        count = max(measured)
+        loss = measured[count]
+    else:
+        limit = full_loss + tolerance * abs(full_loss)
+        count, loss = 0, full_loss
+        for k in range(1, n):
+            trial = _measure(model, [names[i] for i in order[:k]], x, y, batch_size)[0]
+            if trial > limit:
                 break
-            count, loss = k, measured[k]
-            continue
-        trial = _evaluate(
-            _without(model, [names[i] for i in order[:k]], x, batch_size),
-            x,
-            y,
-            batch_size,
-        )
-        if trial > limit:
-            break
-        count, loss = k, trial
+            count, loss = k, trial
     note = (
         f"target: the smallest depth whose loss stays within {tolerance:g} "
         f"(relative) of the full model's {full_loss:.4g}: depth {n - count}"

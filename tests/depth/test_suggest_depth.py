@@ -141,10 +141,13 @@ def test_auto_prefers_levels_vanishing_through_depth():
     assert "vanishing through depth" in plan.explanation
 
 
-def test_target_depth_is_the_smallest_within_tolerance():
-    x, y = _data()
-    model = _stack(3)
-    plan = suggest_depth(model, x, y, tolerance=0.5)
+@pytest.mark.parametrize("method", ["auto", "ablation"])  # greedy / prefix search
+def test_target_depth_is_the_smallest_within_tolerance(method):
+    x, y = _data(64)
+    model = _stack(3)  # trained: removing levels costs loss
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(x, y, epochs=40, batch_size=64, verbose=0)
+    plan = suggest_depth(model, x, y, tolerance=0.5, method=method)
     full = plan.full_loss
     names = plan.scores.sort_values("rank").level.tolist()
     expected = 0
@@ -219,3 +222,17 @@ def test_auto_picks_each_next_level_by_the_measured_combination():
     key = {n: (not (n in flagged and loss <= full), loss) for n, loss in pair.items()}
     assert second == min(key, key=key.get)
     assert plan.loss == pytest.approx(pair[second], rel=1e-5)
+
+
+def test_tolerance_boundary_is_the_measured_relative_loss_increase():
+    x, y = _data(64)
+    model = _stack(3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(x, y, epochs=40, batch_size=64, verbose=0)
+    first = suggest_depth(model, x, y, depth=2, method="ablation")
+    increase = first.loss / first.full_loss - 1  # relative cost of that level
+    assert increase > 0
+    above = suggest_depth(model, x, y, tolerance=increase * 1.01, method="ablation")
+    below = suggest_depth(model, x, y, tolerance=increase * 0.99, method="ablation")
+    assert above.drop[:1] == first.drop and below.drop == []
+    assert below.depth == 3 and below.loss == pytest.approx(below.full_loss)
