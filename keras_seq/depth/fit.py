@@ -170,7 +170,8 @@ def fit_reducing_depth(
                 stage[key] = float(values[-1])
         diagnosis = monitor.diagnosis()
         stage["verdicts"] = _verdicts(diagnosis)
-        monitor.write_summary(monitor.steps, scalars={"depth/levels": levels})
+        # At the epoch's last step; a new stage writes its depth at the next.
+        monitor.write_summary(monitor.steps - 1, scalars={"depth/levels": levels})
         unhealthy = 0 if diagnosis.healthy else unhealthy + 1
         if model.stop_training:
             break

@@ -74,6 +74,10 @@ def test_vanishing_stack_is_reduced_and_stages_are_recorded(tmp_path):
     depth = accumulator.Tensors("depth/levels")
     values = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in depth]
     assert values[0] == 5 and values[-1] == stages.depth.iloc[-1]
+    steps = [e.step for e in depth]
+    assert len(set(steps)) == len(steps)  # one depth per step: the drop shows
+    change = steps[values.index(second.depth)]
+    assert values[steps.index(change - 1)] == 5
     assert len(accumulator.Tensors("depth/stage")) == len(stages)
     # Training steps keep counting across stages.
     steps = [e.step for e in accumulator.Tensors("gradients/global_norm")]
