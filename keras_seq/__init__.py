@@ -20,6 +20,7 @@ from keras_seq import (  # noqa: E402
     initializers,
     layers,
     models,
+    monitoring,
 )
 from keras_seq.models import Model, Sequential  # noqa: E402
 from keras_seq.version import __version__  # noqa: E402
@@ -36,4 +37,5 @@ __all__ = [
     "initializers",
     "layers",
     "models",
+    "monitoring",
 ]

@@ -21,6 +21,7 @@ import keras_seq
         keras_seq.callbacks,
         keras_seq.diagnostics,
         keras_seq.depth,
+        keras_seq.monitoring,
     ],
     ids=lambda m: m.__name__,
 )

@@ -1,4 +1,3 @@
-import dataclasses
 import os
 import pathlib
 import warnings
@@ -9,30 +8,24 @@ import pandas as pd
 import tensorflow as tf
 
 from keras_seq import _validation as validation
-from keras_seq import diagnostics
+from keras_seq import diagnostics, monitoring
 from keras_seq.callbacks import heatmap
-from keras_seq.models.monitored_train_step import MonitoredTrainStep
 
 _ON_NAN = ("stop", "skip", "warn")
 _ON_EXPLODE = ("warn", "stop")
 
 
-@dataclasses.dataclass(frozen=True)
-class MonitorSettings:
-    """What the monitored training step must do (read at trace time)."""
-
-    counters: object  # tf.Variable [steps, non-finite steps, first, last]
-    guard: bool  # skip non-finite updates in the graph
-    histograms: bool  # return the applied gradients on recorded steps
-    contributions: bool  # project each step's dL/dU on the applied gradient
-
-
 class GradientMonitor(keras.callbacks.Callback):
     """Records gradient norms per layer and per *time step* during `fit`.
 
-    On every `every`-th training step the model's training step (a
-    `keras_seq.Sequential` or `keras_seq.Model`) computes, in the graph and
-    from exactly the gradient the optimizer applies:
+    Works on any Keras model that trains with Keras's own `train_step`: a
+    `keras.Sequential`, a functional or subclassed `keras.Model`, or their
+    keras_seq counterparts, as they are (nothing to rebuild). When training
+    begins it installs monitored training functions, built with Keras's own
+    `make_train_function` (see `keras_seq.monitoring.MonitoredTraining`),
+    and gives Keras's function back when training ends. On every `every`-th
+    training step they compute, in the graph and from exactly the gradient
+    the optimizer applies:
 
     - the global gradient norm (before and after the optimizer's clipping),
       the norm of every layer and every variable, and whether all are finite;
@@ -97,7 +90,8 @@ class GradientMonitor(keras.callbacks.Callback):
         skipped_steps: number of updates skipped for NaN/Inf.
 
     Raises:
-        TypeError: when attached to a model that is not a keras_seq model.
+        TypeError: when attached to something that is not a Keras model, or
+            to a model whose class overrides `train_step`.
 
     Example:
 
@@ -202,6 +196,9 @@ class GradientMonitor(keras.callbacks.Callback):
         self._scalar_writers = {}  # column keys -> tf.function writing them
         self._counters = None
         self._counters_model = None
+        self._training = None  # keras_seq.monitoring.MonitoredTraining
+        self._fit = -1  # index of the current (last) fit call
+        self._unprobed_checked = None  # the model checked for unprobed layers
         self._next_step = 0  # index of the next training step
         self._bad_seen = 0  # non-finite steps already reported
         self._epoch = 0
@@ -209,18 +206,7 @@ class GradientMonitor(keras.callbacks.Callback):
     # -- attaching -----------------------------------------------------------
 
     def set_model(self, model):
-        if not isinstance(model, MonitoredTrainStep):
-            fix = (
-                "keras_seq.Sequential(model.layers)"
-                if isinstance(model, keras.Sequential)
-                else "keras_seq.Model(model.inputs, model.outputs)"
-            )
-            raise TypeError(
-                "GradientMonitor needs a keras_seq model, whose training step "
-                f"records gradients. Received a {type(model).__module__}."
-                f"{type(model).__name__}. Rebuild it with the same layers "
-                f"(weights are kept): model = {fix}"
-            )
+        monitoring.check_model(model)
         super().set_model(model)
         if self._counters is None or self._counters_model is not model:
             optimizer = getattr(model, "optimizer", None)
@@ -242,21 +228,23 @@ class GradientMonitor(keras.callbacks.Callback):
             self._latest, self._latest_depth = {}, None  # the old model's
             # Another model's norms are no baseline for the jump rule.
             self._model_first_record = len(self.records)
-        model._gradient_monitor_settings = MonitorSettings(
-            counters=self._counters,
-            guard=self.on_nan in ("stop", "skip"),
-            histograms=self.histograms,
-            contributions=self.contributions,
-        )
-        model.train_function = None  # rebuilt with the monitored step
-
-    def _detach(self):
-        self.model._gradient_monitor_settings = None
-        self.model.train_function = None
+            if self._training is not None:
+                self._training.uninstall()
+            self._training = monitoring.MonitoredTraining(
+                model,
+                monitoring.MonitorSettings(
+                    counters=self._counters,
+                    guard=self.on_nan in ("stop", "skip"),
+                    histograms=self.histograms,
+                    contributions=self.contributions,
+                ),
+            )
 
     # -- training hooks ------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        self._training.install()
+        self._fit += 1
         self._next_step, self._bad_seen = (int(v) for v in self._counters.numpy()[:2])
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -268,8 +256,7 @@ class GradientMonitor(keras.callbacks.Callback):
         first = self._next_step
         last = first + self.model.steps_per_execution - 1
         self._recording = (last // self.every) * self.every >= first
-        functions = self.model._gradient_train_functions
-        self.model.train_function = functions[self._recording]
+        self._training.select(self._recording)
 
     def on_train_batch_end(self, batch, logs=None):
         steps, bad, first_bad, last_bad = (int(v) for v in self._counters.numpy())
@@ -277,7 +264,7 @@ class GradientMonitor(keras.callbacks.Callback):
         new_bad = bad - self._bad_seen
         self._next_step, self._bad_seen = steps, bad
         location = (None, None)
-        statistics = self.model._gradient_statistics
+        statistics = self._training.statistics
         if self._recording and statistics is not None:
             location = self._record(step, statistics)
         if new_bad:
@@ -300,7 +287,7 @@ class GradientMonitor(keras.callbacks.Callback):
         writer.flush()
 
     def on_train_end(self, logs=None):
-        self._detach()
+        self._training.uninstall()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -318,6 +305,7 @@ class GradientMonitor(keras.callbacks.Callback):
         finite = bool(stats["finite"])
         row = {
             "step": step,
+            "fit": self._fit,
             "epoch": self._epoch,
             "loss": float(stats["loss"]),
             "global_norm": float(stats["global_norm"]),
@@ -328,7 +316,7 @@ class GradientMonitor(keras.callbacks.Callback):
         }
         for layer, norm in self._layer_norms(stats["variable_norms"]).items():
             row[f"norm/{layer}"] = norm
-        sublayer_info = {s.name: s for s in self.model._gradient_sublayers}
+        sublayer_info = {s.name: s for s in self._training.sublayers}
         finiteness = []
         for name, values in statistics["sublayers"].items():
             values = {k: np.asarray(v) for k, v in values.items()}
@@ -353,6 +341,7 @@ class GradientMonitor(keras.callbacks.Callback):
                     values["grad_norm"],
                     values["contribution"],
                     values["valid_fraction"],
+                    values["cell_grad_norm"],
                 )
             )
             finiteness.append(
@@ -363,11 +352,20 @@ class GradientMonitor(keras.callbacks.Callback):
                     sublayer_info[name].reverse,
                 )
             )
+        self._warn_unprobed(statistics["sublayers"])
         self._latest_depth = self._depth_profile(stats["variable_norms"])
         if self._latest_depth is not None:
             for name, level in self._latest_depth.levels.items():
                 row[f"depth_ratio/{name}"] = level.ratio_to_top
-        self._variable_norms.append((step, stats["variable_norms"]))
+        self._variable_norms.append(
+            (
+                step,
+                self._fit,
+                self._training.variable_names,
+                self._training.layer_names,
+                stats["variable_norms"],
+            )
+        )
         self.records.append(row)
 
         # The verdict looks at the last 20 records of this model only.
@@ -397,6 +395,27 @@ class GradientMonitor(keras.callbacks.Callback):
                 message += " Stopping training (on_explode='stop')."
             warnings.warn(message, stacklevel=2)
         return location
+
+    def _warn_unprobed(self, sublayers):
+        """Warn once per recurrent layer that gets no per-step data."""
+        if self._unprobed_checked is self.model:
+            return
+        self._unprobed_checked = self.model
+        seen = {name.split("/level_")[0].split("#")[0] for name in sublayers}
+        missing = [
+            layer.name
+            for layer in monitoring.keras_rnn.recurrent_layers(self.model)
+            if layer.name not in seen
+        ]
+        if missing:
+            warnings.warn(
+                "GradientMonitor records per-time-step gradients for "
+                "keras_seq.layers.SharedRNN and Keras's SimpleRNN, GRU and "
+                "LSTM; these recurrent layers get per-layer norms only: "
+                f"{', '.join(missing)} (another cell type, stacked cells, or "
+                "not called in the forward pass).",
+                stacklevel=2,
+            )
 
     def _on_nonfinite(self, step, layer, timestep, count=1):
         if self._nonfinite is None:
@@ -473,7 +492,7 @@ class GradientMonitor(keras.callbacks.Callback):
 
     def _layer_norms(self, variable_norms):
         squares = {}
-        for layer, norm in zip(self.model._gradient_layer_names, variable_norms):
+        for layer, norm in zip(self._training.layer_names, variable_norms):
             squares[layer] = squares.get(layer, 0.0) + float(norm) ** 2
         return {layer: np.sqrt(total) for layer, total in squares.items()}
 
@@ -506,7 +525,7 @@ class GradientMonitor(keras.callbacks.Callback):
             write(np.array([row[k] for k in keys], np.float32), np.int64(row["step"]))
             if self.histograms:
                 gradients = statistics["gradients"]
-                for i, path in enumerate(self.model._gradient_variable_names):
+                for i, path in enumerate(self._training.variable_names):
                     tf.summary.histogram(
                         f"gradients/values/{path}", gradients[f"{i:05d}"]
                     )
@@ -578,6 +597,7 @@ class GradientMonitor(keras.callbacks.Callback):
             "grad_norm",
             "contribution",
             "valid_fraction",
+            "cell_grad_norm",
         ]
         if not self._timesteps:
             return pd.DataFrame(columns=columns)
@@ -590,9 +610,10 @@ class GradientMonitor(keras.callbacks.Callback):
                     "grad_norm": norms,
                     "contribution": contribution,
                     "valid_fraction": valid,
+                    "cell_grad_norm": cell,
                 }
             )
-            for step, name, norms, contribution, valid in self._timesteps
+            for step, name, norms, contribution, valid, cell in self._timesteps
         ]
         return pd.concat(frames, ignore_index=True)[columns]
 
@@ -601,14 +622,14 @@ class GradientMonitor(keras.callbacks.Callback):
 
         Columns: `step`, `variable` (its path), `layer`, `grad_norm`.
         """
-        names = self.model._gradient_variable_names if self._variable_norms else []
-        layers = self.model._gradient_layer_names if self._variable_norms else []
         rows = [
-            (step, name, layer, float(norm))
-            for step, norms in self._variable_norms
+            (step, fit, name, layer, float(norm))
+            for step, fit, names, layers, norms in self._variable_norms
             for name, layer, norm in zip(names, layers, norms)
         ]
-        return pd.DataFrame(rows, columns=["step", "variable", "layer", "grad_norm"])
+        return pd.DataFrame(
+            rows, columns=["step", "fit", "variable", "layer", "grad_norm"]
+        )
 
     def save(self, path):
         """Write `to_frame()` to `path` and `timestep_frame()` beside it

@@ -41,16 +41,57 @@ class SublayerProbe:
         suffix = f"#{self.call}" if self.call else ""
         return f"{self.layer.name}{suffix}/level_{self.level}"
 
+    @property
+    def sources(self):
+        """The tensors whose gradients the step asks for: `[h, xw]`."""
+        return [self.h_probe, self.xw_probe]
+
+    @property
+    def cell_index(self):
+        """Index in `sources` of a carry probe (dL/dc_t); None: no carry."""
+        return None
+
+    @property
+    def recurrent_kernel(self):
+        """The variable whose per-step contributions `contribution` gives."""
+        return self.layer.cell.level_weights(self.level)[1]
+
+    def contribution(self, grads, direction):
+        """Each step's contribution to the recurrent-kernel gradient,
+        projected on `direction`: `<h_{t-1}^T dL/da_t, direction>`.
+
+        Args:
+            grads: float32 gradients of `sources`, in order.
+            direction: `(units, units)` float32.
+
+        Returns:
+            `(T,)` float32, processing order.
+        """
+        grad_a = grads[1]
+        h_prev = tf.concat([self.initial_state[None], self.outputs[:-1]], axis=0)
+        h_prev = tf.cast(h_prev, tf.float32)
+        if self.recurrent_dropout_mask is not None:
+            h_prev = h_prev * tf.cast(self.recurrent_dropout_mask, tf.float32)
+        projected = tf.reshape(
+            tf.matmul(tf.reshape(h_prev, [-1, direction.shape[0]]), direction),
+            tf.shape(grad_a),
+        )
+        return tf.reduce_sum(projected * grad_a, axis=[1, 2])
+
 
 class ProbeRecorder:
     """Collects the probes of every `SharedRNN` sublayer called while active.
 
     Args:
         tape: the `tf.GradientTape` that must watch the probes.
+        contributions: whether per-step contributions to the recurrent
+            kernels will be asked for (probes that need extra tensors for
+            them add those only then).
     """
 
-    def __init__(self, tape):
+    def __init__(self, tape, contributions=True):
         self.tape = tape
+        self.contributions = contributions
         self.probes = []
 
     def add(self, layer, level, xw, initial_state, recurrent_dropout_mask, mask=None):
@@ -60,7 +101,7 @@ class ProbeRecorder:
         h_probe = tf.zeros_like(xw)
         self.tape.watch(xw_probe)
         self.tape.watch(h_probe)
-        call = sum(1 for p in self.probes if p.layer is layer and p.level == level)
+        call = self.calls(layer, level)
         record = SublayerProbe(
             layer=layer,
             level=level,
@@ -74,6 +115,11 @@ class ProbeRecorder:
         self.probes.append(record)
         return record
 
+    def calls(self, layer, level=0):
+        """How many probes `layer`'s `level` has added so far (a layer called
+        twice in one step gets `name#1`)."""
+        return sum(1 for p in self.probes if p.layer is layer and p.level == level)
+
 
 def active_recorder():
     """The innermost active `ProbeRecorder`, or None."""
@@ -82,9 +128,9 @@ def active_recorder():
 
 
 @contextlib.contextmanager
-def recording(tape):
+def recording(tape, contributions=True):
     """Activate a `ProbeRecorder` for the layers called inside the block."""
-    recorder = ProbeRecorder(tape)
+    recorder = ProbeRecorder(tape, contributions)
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []

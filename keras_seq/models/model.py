@@ -1,15 +1,15 @@
 import keras
 
-from keras_seq.models.monitored_train_step import MonitoredTrainStep
-
 
 @keras.saving.register_keras_serializable(package="keras_seq")
-class Model(MonitoredTrainStep, keras.Model):
+class Model(keras.Model):
     """`keras.Model` for keras-seq models (functional or subclassed).
 
     `keras_seq.Model(inputs, outputs)` builds a functional model and
     subclassing works as with `keras.Model`; fit, evaluate, predict, summary
-    and `.keras` saving behave as in Keras.
+    and `.keras` saving behave as in Keras. `GradientMonitor` works on any
+    Keras model; this class exists so that keras-seq models load under
+    their own name.
 
     Example:
 

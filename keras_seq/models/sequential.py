@@ -1,16 +1,15 @@
 import keras
 
-from keras_seq.models.monitored_train_step import MonitoredTrainStep
-
 
 @keras.saving.register_keras_serializable(package="keras_seq")
-class Sequential(MonitoredTrainStep, keras.Sequential):
+class Sequential(keras.Sequential):
     """`keras.Sequential` for keras-seq models.
 
-    Builds, trains, saves and summarises exactly like `keras.Sequential`;
-    it is the model class whose training step keras-seq's gradient
-    monitoring hooks into. Save with `model.save("m.keras")` and load with
-    `keras.models.load_model("m.keras")` after `import keras_seq`.
+    Builds, trains, saves and summarises exactly like `keras.Sequential`.
+    `GradientMonitor` works on any Keras model; this class exists so that
+    keras-seq models load under their own name. Save with
+    `model.save("m.keras")` and load with `keras.models.load_model("m.keras")`
+    after `import keras_seq`.
 
     Args:
         layers: Optional list of layers, as for `keras.Sequential`.

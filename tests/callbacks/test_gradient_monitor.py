@@ -298,32 +298,6 @@ def test_keras_layers_get_per_layer_norms():
     assert monitor.timestep_frame().empty
 
 
-def test_monitor_detaches_after_fit():
-    x = np.random.RandomState(0).randn(4, 6, 2).astype("float32")
-    model = _model(SharedRNN(3), 6)
-    _fit(model, x, np.ones((4, 1)), GradientMonitor())
-    model.fit(x, np.ones((4, 1)), verbose=0)  # plain Keras step again
-    assert model._gradient_monitor_settings is None
-
-
-def test_rejects_models_that_are_not_keras_seq():
-    model = keras.Sequential([keras.Input((6, 2)), keras.layers.SimpleRNN(3)])
-    model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(TypeError, match=r"keras_seq.Sequential\(model.layers\)"):
-        model.fit(
-            np.ones((2, 6, 2)),
-            np.ones((2, 3)),
-            verbose=0,
-            callbacks=[GradientMonitor()],
-        )
-    inputs = keras.Input((6, 2))
-    functional = keras.Model(inputs, keras.layers.SimpleRNN(3)(inputs))
-    with pytest.raises(
-        TypeError, match=r"keras_seq.Model\(model.inputs, model.outputs\)"
-    ):
-        GradientMonitor().set_model(functional)
-
-
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
@@ -431,28 +405,3 @@ def test_a_layer_called_twice_is_recorded_per_call():
     frame = monitor.timestep_frame()
     assert sorted(frame.layer.unique()) == ["encoder#1/level_0", "encoder/level_0"]
     assert len(frame) == 2 * 5
-
-
-def test_second_fit_with_the_same_monitor_does_not_retrace():
-    model = _model(SharedRNN(3, depth=2, name="rnn"), 5)
-    traces = []
-    step = model._monitored_train_step
-
-    def counting_step(data, record):
-        traces.append(record)  # Python runs only while tracing
-        return step(data, record)
-
-    model._monitored_train_step = counting_step
-    x, y = np.ones((8, 5, 2), "float32"), np.ones((8, 1), "float32")
-    monitor = GradientMonitor(every=2)
-    _fit(model, x, y, monitor)
-    first = len(traces)
-    assert sorted(set(traces)) == [False, True]
-    _fit(model, x, y, monitor)
-    assert len(traces) == first  # reused
-    assert [r["step"] for r in monitor.records] == [0, 2]
-    # Without the monitor Keras trains with its own step; a recompile retraces.
-    _fit(model, x, y, keras.callbacks.Callback())
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    _fit(model, x, y, monitor)
-    assert len(traces) > first

@@ -1,10 +1,12 @@
-"""The monitored training step shared by `keras_seq.Sequential` and `Model`.
+"""The monitored training step, hosted by any Keras model.
 
-Without a `GradientMonitor` the models train with Keras's own step. With one,
-`make_train_function` builds two functions from the same step, and the
-monitor picks one per batch:
+Without a `GradientMonitor` a model trains with Keras's own step. With one,
+`MonitoredTraining` builds two functions from this step with Keras's
+`make_train_function`, and the monitor picks one per batch:
 
-- the *recording* step opens a `ProbeRecorder` around the forward pass, asks
+- the *recording* step opens a `ProbeRecorder` around the forward pass (the
+  `SharedRNN` layers and, through `keras_rnn.probing`, Keras's own
+  SimpleRNN/GRU/LSTM add zero probes to every h_t), asks
   the tape for the weight gradients and the probe gradients in one call, and
   computes every statistic in the graph from the gradient the optimizer
   receives (summed across replicas, loss scaling undone, clipping applied as
@@ -24,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from keras_seq.layers import probes
+from keras_seq.monitoring import keras_rnn
 
 STATISTICS_KEY = "_keras_seq_gradient_statistics"
 
@@ -35,114 +38,74 @@ class SublayerInfo(typing.NamedTuple):
     reverse: bool  # processing order is the reverse of input order
 
 
-class MonitoredTrainStep:
-    """Mixin: a Keras model whose training step can record gradient statistics."""
+def monitored_step(training, data, record):
+    """One training step of `training.model` on `data`, as Keras's own step,
+    recording gradient statistics when `record` (see the module docstring).
 
-    # Set by GradientMonitor.set_model; None means "train exactly as Keras".
-    _gradient_monitor_settings = None
-
-    def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        settings = self._gradient_monitor_settings
-        if settings is None:
-            self._gradient_train_functions = None
-            return super().make_train_function(force=True)
-        if self.optimizer is not None and not self.optimizer.built:
-            # Variables cannot be created inside the guard's tf.cond.
-            self.optimizer.build(self.trainable_variables)
-        self._gradient_layer_names, self._gradient_variable_names = _layer_map(self)
-        # The traced steps capture the monitor's counters and settings, the
-        # optimizer and the metric objects: reuse them while all are the same
-        # (a second fit with the same monitor); compile makes new ones.
-        key = (
-            id(settings.counters),
-            settings.guard,
-            settings.histograms,
-            settings.contributions,
-            id(self.optimizer),
-            tuple(id(m) for m in self.metrics),
-            self.steps_per_execution,
+    Args:
+        training: the `keras_seq.monitoring.MonitoredTraining` that owns the
+            step: its `settings` are read (at trace time) and its `sublayers`
+            set when the recording step is traced.
+        data: the batch, as Keras passes it to `train_step`.
+        record: Python bool.
+    """
+    model = training.model
+    settings = training.settings
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        recording = (
+            probes.recording(tape, settings.contributions)
+            if record
+            else contextlib.nullcontext()
         )
-        cached = getattr(self, "_gradient_function_cache", None)
-        if not force and cached is not None and cached[0] == key:
-            self._gradient_train_functions = cached[1]
-            self.train_function = cached[1][False]
-            return self.train_function
-        functions = {}
-        for record in (False, True):
-            # Keras binds `self.train_step` when it builds the function.
-            self.train_step = _bind(self._monitored_train_step, record)
-            try:
-                super().make_train_function(force=True)
-            finally:
-                del self.train_step
-            functions[record] = self._strip_statistics(self.train_function)
-        self._gradient_train_functions = functions
-        self._gradient_function_cache = (key, functions)
-        self.train_function = functions[False]
-        return self.train_function
+        with recording as recorder, keras_rnn.probing(model, record):
+            y_pred = model(x, training=True)
+        loss = model.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        _update_loss_metric(model, loss, x)
+        scaled_loss = model.optimizer.scale_loss(loss)
+    sources = list(variables)
+    if record:
+        for probe in recorder.probes:
+            sources += probe.sources
+    grads = tape.gradient(scaled_loss, sources)
+    weight_grads = grads[: len(variables)]
 
-    def _strip_statistics(self, function):
-        def train_function(iterator):
-            logs = dict(function(iterator))
-            self._gradient_statistics = logs.pop(STATISTICS_KEY, None)
-            return logs
-
-        return train_function
-
-    def _monitored_train_step(self, data, record):
-        settings = self._gradient_monitor_settings
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
-        with tf.GradientTape() as tape:
-            recording = probes.recording(tape) if record else contextlib.nullcontext()
-            with recording as recorder:
-                y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            _update_loss_metric(self, loss, x)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        sources = list(variables)
-        if record:
-            for probe in recorder.probes:
-                sources += [probe.h_probe, probe.xw_probe]
-        grads = tape.gradient(scaled_loss, sources)
-        weight_grads = grads[: len(variables)]
-
-        statistics = {}
-        loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        if record:
-            statistics = _statistics(
-                self, loss, weight_grads, grads[len(variables) :], recorder.probes
-            )
-            finite = statistics["finite"] > 0
-        elif not loss_scaling:
-            finite = _finite(_sum_replicas(_sums(weight_grads)))
-        if loss_scaling:
-            # Non-finite scaled gradients are routine overflows that the
-            # LossScaleOptimizer skips itself; only a non-finite loss is news.
-            bad = ~tf.math.is_finite(_sum_replicas(tf.cast(loss, tf.float32)))
-            self.optimizer.apply(weight_grads, variables)
+    statistics = {}
+    loss_scaling = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    if record:
+        training.sublayers = tuple(
+            SublayerInfo(p.name, p.layer.go_backwards) for p in recorder.probes
+        )
+        statistics = _statistics(
+            model,
+            settings,
+            loss,
+            weight_grads,
+            grads[len(variables) :],
+            recorder.probes,
+        )
+        finite = statistics["finite"] > 0
+    elif not loss_scaling:
+        finite = _finite(_sum_replicas(_sums(weight_grads)))
+    if loss_scaling:
+        # Non-finite scaled gradients are routine overflows that the
+        # LossScaleOptimizer skips itself; only a non-finite loss is news.
+        bad = ~tf.math.is_finite(_sum_replicas(tf.cast(loss, tf.float32)))
+        model.optimizer.apply(weight_grads, variables)
+    else:
+        bad = ~finite
+        if settings.guard:
+            _apply_if(finite, model.optimizer, weight_grads, variables)
         else:
-            bad = ~finite
-            if settings.guard:
-                _apply_if(finite, self.optimizer, weight_grads, variables)
-            else:
-                self.optimizer.apply(weight_grads, variables)
-        _count(settings.counters, bad)
-        logs = dict(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
-        if statistics:
-            logs[STATISTICS_KEY] = statistics
-        return logs
-
-
-def _bind(step, record):
-    def train_step(data):
-        return step(data, record)
-
-    return train_step
+            model.optimizer.apply(weight_grads, variables)
+    _count(settings.counters, bad)
+    logs = dict(model.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+    if statistics:
+        logs[STATISTICS_KEY] = statistics
+    return logs
 
 
 def _update_loss_metric(model, loss, x):
@@ -152,16 +115,6 @@ def _update_loss_metric(model, loss, x):
     for metric in model.metrics:
         if metric.name == "loss":
             metric.update_state(loss * replicas, sample_weight=batch_size)
-
-
-def _layer_map(model):
-    """Top-level layer name and variable path of every trainable variable."""
-    owner = {}
-    for layer in model.layers:
-        for variable in layer.trainable_variables:
-            owner.setdefault(id(variable), layer.name)
-    layers = [owner.get(id(v), "(model)") for v in model.trainable_variables]
-    return layers, [v.path for v in model.trainable_variables]
 
 
 def _end_aligned(dh, mask):
@@ -309,18 +262,21 @@ def _clip_scales(optimizer, grads):
     return None
 
 
-def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
+def _statistics(model, settings, loss, weight_grads, probe_grads, sublayer_probes):
     variables = model.trainable_variables
     optimizer = model.optimizer
-    settings = model._gradient_monitor_settings
     unscale = 1.0 / _loss_scale(optimizer)
 
     def local(gradient):
         return tf.cast(gradient, tf.float32) * unscale
 
     weight_local = [local(_dense(g, v)) for g, v in zip(weight_grads, variables)]
-    dh = [local(probe_grads[2 * i]) for i in range(len(sublayer_probes))]
-    da = [local(probe_grads[2 * i + 1]) for i in range(len(sublayer_probes))]
+    per_probe, start = [], 0
+    for probe in sublayer_probes:
+        count = len(probe.sources)
+        per_probe.append([local(g) for g in probe_grads[start : start + count]])
+        start += count
+    dh = [grads[0] for grads in per_probe]
     scales = _clip_scales(optimizer, weight_local)
     if scales == "value":
         clip = optimizer.clipvalue
@@ -334,6 +290,13 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
             "grads": weight_local,
             "applied": applied_local if scales is not None else [],
             "dh_sq": [tf.reduce_sum(tf.square(g), axis=[1, 2]) for g in dh],
+            # dL/dc_t of an LSTM's carry; NaN for cells without one.
+            "dc_sq": [
+                tf.fill(tf.shape(g[0])[:1], float("nan"))
+                if p.cell_index is None
+                else tf.reduce_sum(tf.square(g[p.cell_index]), axis=[1, 2])
+                for g, p in zip(per_probe, sublayer_probes)
+            ],
             # Per-sample norms aligned at each sequence's last valid step.
             "aligned": [_end_aligned(g, p.mask) for g, p in zip(dh, sublayer_probes)],
             "sequences": [tf.cast(tf.shape(g)[1], tf.float32) for g in dh],
@@ -363,20 +326,13 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
         target = grads if scales == "value" else applied
         factors = scales if isinstance(scales, list) else [1.0] * len(grads)
         index = {id(v): i for i, v in enumerate(variables)}
-        for probe, grad_a in zip(sublayer_probes, da):
-            k = index[id(probe.layer.cell.level_weights(probe.level)[1])]
+        for probe, grads in zip(sublayer_probes, per_probe):
+            k = index.get(id(probe.recurrent_kernel))
+            if k is None:  # frozen kernel, or none to probe
+                projections.append(tf.fill(tf.shape(grads[0])[:1], float("nan")))
+                continue
             direction = target[k] / tf.maximum(tf.norm(target[k]), 1e-30)
-            h_prev = tf.concat([probe.initial_state[None], probe.outputs[:-1]], axis=0)
-            h_prev = tf.cast(h_prev, tf.float32)
-            if probe.recurrent_dropout_mask is not None:
-                h_prev = h_prev * tf.cast(probe.recurrent_dropout_mask, tf.float32)
-            projected = tf.reshape(
-                tf.matmul(tf.reshape(h_prev, [-1, direction.shape[0]]), direction),
-                tf.shape(grad_a),
-            )
-            projections.append(
-                factors[k] * tf.reduce_sum(projected * grad_a, axis=[1, 2])
-            )
+            projections.append(factors[k] * probe.contribution(grads, direction))
         projections = _sum_replicas(projections)
 
     sublayers = {}
@@ -384,6 +340,7 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
         grad_norm = tf.sqrt(summed["dh_sq"][i])
         values = {
             "grad_norm": grad_norm,
+            "cell_grad_norm": tf.sqrt(summed["dc_sq"][i]),
             "contribution": projections[i]
             if projections
             else tf.fill(tf.shape(grad_norm), float("nan")),
@@ -400,9 +357,6 @@ def _statistics(model, loss, weight_grads, probe_grads, sublayer_probes):
         values["aligned_norm"] = tf.sqrt(aligned_sq)
         values["aligned_count"] = aligned_count
         sublayers[probe.name] = values
-    model._gradient_sublayers = tuple(
-        SublayerInfo(p.name, p.layer.go_backwards) for p in sublayer_probes
-    )
     statistics = {
         "loss": summed["loss"],
         "finite": tf.cast(finite, tf.float32),

@@ -1,0 +1,14 @@
+"""The monitored training step and its owner, which any Keras model can host.
+
+`GradientMonitor` drives a `MonitoredTraining`; use them directly only to
+build another callback on the same statistics.
+"""
+
+from keras_seq.monitoring import keras_rnn, train_step  # noqa: F401 (submodules)
+from keras_seq.monitoring.monitored_training import (
+    MonitoredTraining,
+    MonitorSettings,
+    check_model,
+)
+
+__all__ = ["MonitorSettings", "MonitoredTraining", "check_model"]

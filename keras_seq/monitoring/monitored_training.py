@@ -1,0 +1,176 @@
+import dataclasses
+
+import keras
+
+from keras_seq.monitoring import train_step
+
+# Keras's own training step; a model class that replaces it is not supported.
+_KERAS_TRAIN_STEP = keras.Model.train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorSettings:
+    """What the monitored training step must do (read at trace time).
+
+    Attributes:
+        counters: `tf.Variable` int64 `[steps run, non-finite steps, first
+            and last non-finite step]`, updated in the graph on every step.
+        guard: skip non-finite updates in the graph.
+        histograms: return the applied gradients on recorded steps.
+        contributions: project each time step's recurrent-kernel gradient on
+            the applied gradient.
+    """
+
+    counters: object
+    guard: bool
+    histograms: bool
+    contributions: bool
+
+
+def check_model(model):
+    """Raise a TypeError unless `model` can host monitored training: a Keras
+    model (Sequential, functional or subclassed) that trains with Keras's own
+    `train_step`."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "GradientMonitor must be attached to a keras.Model (Sequential, "
+            f"functional or subclassed). Received: {type(model).__name__}"
+        )
+    overridden = type(model).train_step is not _KERAS_TRAIN_STEP
+    if overridden:
+        raise TypeError(
+            "GradientMonitor records gradients inside Keras's own training "
+            f"step, but {type(model).__module__}.{type(model).__name__} "
+            "overrides `train_step`. Supported: keras.Sequential, functional "
+            "keras.Model, keras_seq.Sequential/Model and subclassed models that "
+            "keep Keras's `train_step` (override `call`, and `compute_loss` for "
+            "a custom loss). Move the custom logic into `compute_loss`, or "
+            "train without the monitor."
+        )
+
+
+class MonitoredTraining:
+    """The one owner of a model's monitored training functions and of the
+    statistics they return.
+
+    A `keras_seq.callbacks.GradientMonitor` creates one per model it is
+    attached to and drives it: `install()` when training begins (after
+    Keras has built its own function), `select(record)` before each batch,
+    `statistics` after it, `uninstall()` when training ends. The model is any
+    Keras model that keeps Keras's `train_step`; it carries none of this
+    state. Data flows one way: the layers' probes -> the step's in-graph
+    statistics -> `statistics` -> the callback.
+
+    The two functions (recording and light, see
+    `keras_seq.monitoring.train_step`) are built with Keras's own
+    `make_train_function`, so distribution strategies, `steps_per_execution`,
+    `jit_compile` and `run_eagerly` behave as in Keras. They are traced once
+    and reused by later `fit` calls while the optimizer, the metrics and
+    `steps_per_execution` stay the same (a `compile` makes new ones).
+
+    Args:
+        model: a `keras.Model` (see `check_model`).
+        settings: a `MonitorSettings`.
+
+    Attributes:
+        statistics: the last recorded step's statistics (a dict of numpy-
+            convertible tensors), or None after a light step.
+        sublayers: `SublayerInfo` of every recurrent sublayer the recording
+            step saw (set when it is traced).
+        layer_names: the top-level layer owning each trainable variable.
+        variable_names: each trainable variable's path.
+    """
+
+    def __init__(self, model, settings):
+        check_model(model)
+        self.model = model
+        self.settings = settings
+        self.statistics = None
+        self.sublayers = ()
+        self.layer_names, self.variable_names = (), ()
+        self._functions = None
+        self._key = None
+        self._keras_function = None
+        self._installed = False
+
+    def install(self):
+        """Make the model train with the monitored functions (light first)."""
+        model = self.model
+        if model.optimizer is not None and not model.optimizer.built:
+            # Variables cannot be created inside the guard's tf.cond.
+            model.optimizer.build(model.trainable_variables)
+        self.layer_names, self.variable_names = _layer_map(model)
+        # The traced steps capture the settings, the optimizer and the metric
+        # objects: reuse them while all are the same.
+        key = (
+            id(model.optimizer),
+            tuple(id(m) for m in model.metrics),
+            model.steps_per_execution,
+            model.jit_compile,
+            model.run_eagerly,
+        )
+        if self._functions is None or key != self._key:
+            self._functions = self._build()
+            self._key = key
+        if not self._installed:
+            self._keras_function = model.train_function
+            self._installed = True
+        self.statistics = None
+        model.train_function = self._functions[False]
+
+    def select(self, record):
+        """Train the next batch with the recording (True) or light step."""
+        self.model.train_function = self._functions[bool(record)]
+
+    def uninstall(self):
+        """Give the model back the training function Keras built."""
+        if self._installed:
+            self.model.train_function = self._keras_function
+            self._keras_function = None
+            self._installed = False
+
+    def _build(self):
+        model = self.model
+        keras_function = model.train_function
+        functions = {}
+        try:
+            for record in (False, True):
+                # Keras's make_train_function wraps `self.train_step` (looked
+                # up on the instance) exactly as it wraps its own.
+                model.train_step = _step(self, record)
+                try:
+                    model.make_train_function(force=True)
+                finally:
+                    del model.train_step
+                functions[record] = self._strip_statistics(model.train_function)
+        finally:
+            model.train_function = keras_function
+        return functions
+
+    def _strip_statistics(self, function):
+        def train_function(iterator):
+            logs = dict(function(iterator))
+            self.statistics = logs.pop(train_step.STATISTICS_KEY, None)
+            return logs
+
+        return train_function
+
+
+def _step(training, record):
+    def step(data):
+        return train_step.monitored_step(training, data, record)
+
+    return step
+
+
+def _layer_map(model):
+    """Top-level layer name and variable path of every trainable variable."""
+    owner = {}
+    for layer in model.layers:
+        for variable in layer.trainable_variables:
+            owner.setdefault(id(variable), layer.name)
+    variables = model.trainable_variables
+    return (
+        tuple(owner.get(id(v), "(model)") for v in variables),
+        tuple(v.path for v in variables),
+    )

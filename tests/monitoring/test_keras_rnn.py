@@ -1,0 +1,153 @@
+"""Keras's own SimpleRNN, GRU and LSTM through time: per-step dL/dh_t,
+dL/dc_t and recurrent-kernel contributions against an independent eager
+reference (the cell equations written out in float64)."""
+
+import keras
+import numpy as np
+import pytest
+from reference_keras_rnn import timestep_gradients
+
+from keras_seq.callbacks import GradientMonitor
+
+T, B, F = 7, 4, 3
+
+
+def _data(masked):
+    rng = np.random.RandomState(0)
+    x = rng.randn(B, T, F).astype("float32")
+    mask = None
+    if masked:
+        mask = np.ones((B, T), bool)
+        mask[0, 5:] = False  # trailing padding
+        mask[1, :2] = False  # leading padding
+        mask[2, 1:3] = False  # a hole
+        x[~mask] = 0.0
+    return x, rng.randn(B, 2).astype("float32"), mask
+
+
+def _layers(case):
+    def rnn(kind, **kwargs):
+        return getattr(keras.layers, kind)(4, **kwargs)
+
+    if case == "simple":
+        return [rnn("SimpleRNN", name="rnn")]
+    if case == "gru":
+        return [rnn("GRU", name="rnn")]
+    if case == "lstm":
+        return [rnn("LSTM", name="rnn")]
+    if case == "lstm-stack":
+        return [rnn("LSTM", return_sequences=True, name="low"), rnn("LSTM", name="top")]
+    if case == "simple-backwards":
+        return [rnn("SimpleRNN", go_backwards=True, name="rnn")]
+    if case == "bidirectional-gru":
+        return [keras.layers.Bidirectional(rnn("GRU"), name="bi")]
+    if case == "bidirectional-lstm-sequences":
+        return [
+            keras.layers.Bidirectional(rnn("LSTM", return_sequences=True), name="bi"),
+            rnn("SimpleRNN", name="top"),
+        ]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case, masked",
+    [
+        ("simple", False),
+        ("gru", False),
+        ("lstm", False),
+        ("lstm-stack", True),
+        ("simple-backwards", True),
+        ("bidirectional-gru", True),
+        ("bidirectional-lstm-sequences", False),
+    ],
+)
+def test_builtin_layers_match_the_eager_reference(case, masked):
+    keras.utils.set_random_seed(0)
+    x, y, mask = _data(masked)
+    layers = [keras.Input((T, F))]
+    if masked:
+        layers.append(keras.layers.Masking(0.0))
+    model = keras.Sequential(layers + _layers(case) + [keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    norms, cell_norms, contributions, loss = timestep_gradients(model, x, y, mask)
+
+    monitor = GradientMonitor(every=1)
+    model.fit(x, y, batch_size=B, shuffle=False, verbose=0, callbacks=[monitor])
+    frame = monitor.timestep_frame()
+    assert sorted(frame.layer.unique()) == sorted(f"{n}/level_0" for n in norms)
+    for name in norms:
+        rows = frame[frame.layer == f"{name}/level_0"].sort_values("timestep")
+        np.testing.assert_allclose(rows.grad_norm, norms[name], rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(
+            rows.contribution, contributions[name], rtol=1e-4, atol=1e-8
+        )
+        if name in cell_norms:
+            np.testing.assert_allclose(
+                rows.cell_grad_norm, cell_norms[name], rtol=1e-4, atol=1e-9
+            )
+        else:
+            assert rows.cell_grad_norm.isna().all()
+        if mask is not None:
+            np.testing.assert_allclose(rows.valid_fraction, mask.mean(axis=0))
+    assert monitor.to_frame().loss.iloc[0] == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "GRU", "LSTM"])
+def test_monitored_training_with_dropout_equals_keras(kind):
+    # The recorded steps run the probed loop, the others Keras's own: with
+    # dropout and recurrent dropout both must train exactly as Keras does.
+    def train(callbacks):
+        keras.utils.set_random_seed(4)
+        rnn = getattr(keras.layers, kind)(
+            4, dropout=0.3, recurrent_dropout=0.3, return_sequences=True, name="rnn"
+        )
+        model = keras.Sequential(
+            [keras.Input((T, F)), keras.layers.Masking(0.0), rnn, keras.layers.Dense(2)]
+        )
+        model.compile(optimizer="adam", loss="mse")
+        x, _, _ = _data(masked=True)
+        y = np.random.RandomState(1).randn(B, T, 2).astype("float32")
+        x, y = np.concatenate([x] * 3), np.concatenate([y] * 3)
+        history = model.fit(
+            x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, callbacks=callbacks
+        )
+        return model.get_weights(), history.history["loss"]
+
+    plain_weights, plain_loss = train([])
+    monitor = GradientMonitor(every=2)
+    weights, loss = train([monitor])
+    np.testing.assert_allclose(loss, plain_loss, rtol=1e-5)
+    for a, b in zip(weights, plain_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert set(monitor.timestep_frame().layer) == {"rnn/level_0"}
+    assert len(monitor.records) == 3
+
+
+class _MinimalCell(keras.layers.Layer):
+    state_size = 3
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 3))
+
+    def call(self, x, states):
+        h = keras.ops.tanh(x @ self.w + states[0])
+        return h, [h]
+
+
+def test_layers_without_per_step_data_are_named_once():
+    model = keras.Sequential(
+        [
+            keras.Input((T, F)),
+            keras.layers.LSTM(3, return_sequences=True, name="lstm"),
+            keras.layers.RNN(_MinimalCell(), name="custom"),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    x, y, _ = _data(masked=False)
+    monitor = GradientMonitor(every=1)
+    with pytest.warns(UserWarning, match=r"per-layer norms only: custom \(") as seen:
+        model.fit(x, y, batch_size=2, verbose=0, callbacks=[monitor])
+    assert sum("per-layer norms only" in str(w.message) for w in seen) == 1
+    assert set(monitor.timestep_frame().layer) == {"lstm/level_0"}
+    assert "norm/custom" in monitor.to_frame()
