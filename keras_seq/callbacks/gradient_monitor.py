@@ -9,9 +9,14 @@ import tensorflow as tf
 
 from keras_seq import _validation as validation
 from keras_seq import diagnostics, monitoring
-from keras_seq.callbacks import heatmap
+from keras_seq.callbacks import figures
+from keras_seq.callbacks.timestep_store import TimestepStore
 
 _ON_NAN = ("stop", "skip", "warn")
+_TIMESTEP_COLUMNS = ("grad_norm", "contribution", "valid_fraction", "cell_grad_norm")
+# Per-time-step rows kept in memory; beyond them rows go to Parquet parts
+# (under log_dir, else a temporary directory) and are read back on demand.
+MAX_TIMESTEP_ROWS = 200_000
 _ON_EXPLODE = ("warn", "stop")
 
 
@@ -51,8 +56,10 @@ class GradientMonitor(keras.callbacks.Callback):
       levels in one stack);
     - a custom-scalars layout putting all `gradients/norm/*` in one chart;
     - histograms (with `histograms=True`): `gradients/values/<variable path>`;
-    - images, at each epoch end: `gradients/heatmap/<sublayer>`, log10
-      ||dL/dh_t|| with time step across and training step down;
+    - images, at each epoch end (see `plot`): `gradients/heatmap/<sublayer>`,
+      log10 ||dL/dh_t|| with time step across and training step down, axes
+      and a colour bar; `gradients/decay`, ||dL/dh_t|| against steps back,
+      one line per sublayer;
     - text, at each epoch end: `gradients/diagnosis`, the `report()` table.
 
     Sublayers are named `<layer name>/level_<i>`.
@@ -105,7 +112,7 @@ class GradientMonitor(keras.callbacks.Callback):
     >>> _ = model.fit(np.ones((8, 20, 3)), np.ones((8, 1)), verbose=0,
     ...               callbacks=[monitor])
     >>> sorted(monitor.timestep_frame().columns)
-    ['contribution', 'grad_norm', 'layer', 'step', 'timestep', 'valid_fraction']
+    ['cell_grad_norm', 'contribution', 'fit', 'grad_norm', 'layer', 'step', 'timestep', 'valid_fraction']
     """
 
     def __init__(
@@ -183,7 +190,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self.depth_exploding_ratio = depth_exploding_ratio
         self.records = []
         self.skipped_steps = 0
-        self._timesteps = []  # (step, sublayer, grad_norm, contribution)
+        self._store = None  # TimestepStore of the per-time-step rows
+        self._epoch_decay = {}  # sublayer -> this epoch's norms by steps back
         self._variable_norms = []  # (step, norms in trainable_variables order)
         self._nonfinite = None
         self._exploding_steps = []
@@ -243,12 +251,15 @@ class GradientMonitor(keras.callbacks.Callback):
     # -- training hooks ------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        if self.log_dir is not None:
+            _check_writable(self.log_dir)
         self._training.install()
         self._fit += 1
         self._next_step, self._bad_seen = (int(v) for v in self._counters.numpy()[:2])
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_decay = {}
 
     def on_train_batch_begin(self, batch, logs=None):
         # Record an execution (steps_per_execution steps) holding a multiple
@@ -282,8 +293,8 @@ class GradientMonitor(keras.callbacks.Callback):
         writer = self._get_writer()
         with writer.as_default(step=self.records[-1]["step"]):
             tf.summary.text("gradients/diagnosis", self.diagnosis().markdown())
-            for name, image in self.heatmaps().items():
-                tf.summary.image(f"gradients/heatmap/{name}", image[None])
+            for name, figure in self.plot().items():
+                tf.summary.image(f"gradients/{name}", figures.to_image(figure)[None])
         writer.flush()
 
     def on_train_end(self, logs=None):
@@ -334,16 +345,13 @@ class GradientMonitor(keras.callbacks.Callback):
             self._latest[name] = verdict
             row[f"horizon/{name}"] = verdict.horizon
             row[f"decay/{name}"] = verdict.decay
-            self._timesteps.append(
-                (
-                    step,
-                    name,
-                    values["grad_norm"],
-                    values["contribution"],
-                    values["valid_fraction"],
-                    values["cell_grad_norm"],
-                )
+            self._timestep_store().append(
+                step,
+                name,
+                {column: values[column] for column in _TIMESTEP_COLUMNS},
+                fit=self._fit,
             )
+            self._epoch_decay.setdefault(name, []).append(verdict.norms[::-1])
             finiteness.append(
                 (
                     name,
@@ -562,7 +570,8 @@ class GradientMonitor(keras.callbacks.Callback):
     def to_frame(self):
         """One row per recorded step.
 
-        Columns: `step` (0-based training step), `epoch`, `loss` (of that
+        Columns: `step` (0-based training step), `fit` (which `fit` call
+        under this monitor, from 0), `epoch`, `loss` (of that
         batch), `global_norm` (before clipping), `applied_norm` (after the
         optimizer's clipping), `finite`, `skipped` (update not applied),
         `norm/<layer>` for every layer with weights, `horizon/<sublayer>`
@@ -576,46 +585,42 @@ class GradientMonitor(keras.callbacks.Callback):
     def timestep_frame(self):
         """Long format, one row per (recorded step, sublayer, time step).
 
-        Columns: `step`, `layer` (sublayer name), `timestep` (input order,
-        0 = first element of the sequence), `grad_norm` (||dL/dh_t||, total
-        through the recurrence, over the whole batch), `contribution` (this
+        Columns: `step`, `fit` (which `fit` call under this monitor, from
+        0), `layer` (sublayer name), `timestep` (input order, 0 = first
+        element of the sequence), `grad_norm` (||dL/dh_t||, total through
+        the recurrence, over the whole batch), `contribution` (this
         step's share of the applied recurrent-kernel gradient, projected on
         its direction: the sum over time steps, and over sublayers sharing the
         kernel, is that gradient's norm), `valid_fraction` (the fraction of
         the batch's sequences for which this time step is not padding; 1.0
-        without a mask).
+        without a mask), `cell_grad_norm` (||dL/dc_t|| of an LSTM's carry,
+        total through h_t and the carry; NaN for other layers).
+
+        Long runs stay bounded in memory: beyond `MAX_TIMESTEP_ROWS` rows
+        (200,000) they are written to Parquet parts, under
+        `<log_dir>/gradients/timesteps/` or a temporary directory without a
+        `log_dir`, and read back here: the frame holds every recorded row.
 
         Horizons and verdicts read the valid steps only, each sequence's
         counted back from its own last valid step (see
         `keras_seq.diagnostics.SublayerDiagnosis`); `grad_norm` here is the
         plain per-time-step norm over the batch.
         """
-        columns = [
-            "step",
-            "layer",
-            "timestep",
-            "grad_norm",
-            "contribution",
-            "valid_fraction",
-            "cell_grad_norm",
-        ]
-        if not self._timesteps:
-            return pd.DataFrame(columns=columns)
-        frames = [
-            pd.DataFrame(
-                {
-                    "step": step,
-                    "layer": name,
-                    "timestep": np.arange(len(norms)),
-                    "grad_norm": norms,
-                    "contribution": contribution,
-                    "valid_fraction": valid,
-                    "cell_grad_norm": cell,
-                }
+        if self._store is None:
+            return pd.DataFrame(columns=["step", "fit", "layer", "timestep"])
+        return self._store.frame()
+
+    def _timestep_store(self):
+        if self._store is None:
+            directory = None
+            if self.log_dir is not None:
+                # One directory per monitor: a store refuses one with parts.
+                directory = pathlib.Path(self.log_dir) / "gradients" / "timesteps"
+                directory = directory / f"{os.getpid()}-{id(self):x}"
+            self._store = TimestepStore(
+                _TIMESTEP_COLUMNS, directory=directory, max_rows=MAX_TIMESTEP_ROWS
             )
-            for step, name, norms, contribution, valid, cell in self._timesteps
-        ]
-        return pd.concat(frames, ignore_index=True)[columns]
+        return self._store
 
     def variable_frame(self):
         """Long format, one row per (recorded step, variable).
@@ -647,27 +652,67 @@ class GradientMonitor(keras.callbacks.Callback):
                 f"Received: path={str(path)!r}"
             )
         timestep_path = path.with_name(f"{path.stem}_timesteps{path.suffix}")
-        for frame, target in (
-            (self.to_frame(), path),
-            (self.timestep_frame(), timestep_path),
-        ):
-            getattr(frame, writers[path.suffix])(target, index=False)
+        getattr(self.to_frame(), writers[path.suffix])(path, index=False)
+        if self._store is None:
+            getattr(self.timestep_frame(), writers[path.suffix])(
+                timestep_path, index=False
+            )
+        else:  # part by part when rows were spilled
+            self._store.save(timestep_path)
         return path, timestep_path
 
     def heatmaps(self):
-        """`{sublayer: RGB uint8 image}` of log10 ||dL/dh_t|| over recorded
-        steps (rows) and time steps (columns)."""
-        by_layer = {}
-        for _, name, norms, *_ in self._timesteps:
-            by_layer.setdefault(name, []).append(norms)
-        images = {}
-        for name, rows in by_layer.items():
-            width = max(len(r) for r in rows)
-            matrix = np.full((len(rows), width), np.nan)
+        """`{sublayer: RGB uint8 image}` of the heatmap figures (see
+        `plot`), as written to TensorBoard."""
+        return {
+            name[len("heatmap/") :]: figures.to_image(figure)
+            for name, figure in self.plot().items()
+            if name.startswith("heatmap/")
+        }
+
+    def plot(self):
+        """The monitor's pictures as matplotlib figures, for notebooks (the
+        same go to TensorBoard as images at each epoch end):
+
+        - `"heatmap/<sublayer>"`: log10 ||dL/dh_t|| with time step across
+          (input order) and recorded training step down, over the last 256
+          recorded steps, a colour bar, and the sublayer and its latest
+          horizon in the title;
+        - `"decay"`: ||dL/dh_t|| against steps back from each sequence's
+          last valid step (log scale), one line per sublayer, averaged over
+          the recorded steps of the last epoch: the textbook picture of
+          vanishing (falling lines) or exploding (rising) gradients.
+
+        Returns:
+            `{name: matplotlib.figure.Figure}`; empty before any record.
+        """
+        result = {}
+        if self._store is None:
+            return result
+        for name in self._store.layers:
+            steps, matrix = self._store.recent(name)
+            latest = self._latest.get(name)
+            result[f"heatmap/{name}"] = figures.heatmap_figure(
+                matrix,
+                steps=steps,
+                name=name,
+                horizon=None if latest is None else latest.horizon,
+            )
+        curves = {}
+        for name, rows in self._epoch_decay.items():
+            width = max((len(r) for r in rows), default=0)
+            if width == 0:
+                continue
+            padded = np.full((len(rows), width), np.nan)
             for i, r in enumerate(rows):
-                matrix[i, : len(r)] = r
-            images[name] = heatmap.log_norm_heatmap(matrix)
-        return images
+                padded[i, : len(r)] = r
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
+                curves[name] = np.nanmean(padded, axis=0)
+        if curves:
+            title = f"||dL/dh_t|| against steps back (epoch {self._epoch})"
+            result["decay"] = figures.decay_figure(curves, title=title)
+        return result
 
     def diagnosis(self):
         """The verdict on the latest recorded step, a
@@ -742,3 +787,20 @@ def _write_layout():
     tf.summary.experimental.write_raw_pb(
         custom_scalar.pb(layout).SerializeToString(), step=0
     )
+
+
+def _check_writable(log_dir):
+    """Fail before the first update, not at the first write, when `log_dir`
+    cannot take the monitor's files."""
+    path = pathlib.Path(log_dir) / "gradients"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".keras_seq_write_check_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(
+            "Argument `log_dir` must be a directory the monitor can write "
+            f"to (it writes under {str(path)!r}). Received: log_dir="
+            f"{str(log_dir)!r}, which failed with: {error}"
+        ) from None

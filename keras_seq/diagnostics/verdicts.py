@@ -290,6 +290,12 @@ class Diagnosis:
 
     def markdown(self):
         """The per-sublayer table and the verdicts, as Markdown."""
+        if self.step is None:
+            return (
+                "**Gradient diagnosis: no training step recorded yet.** "
+                "Attach the monitor to `model.fit(..., callbacks=[monitor])`; "
+                "it records every `every`-th step."
+            )
         lines = [
             f"**Gradient diagnosis at step {self.step}**",
             "",

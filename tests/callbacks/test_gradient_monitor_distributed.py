@@ -76,7 +76,10 @@ def test_timestep_statistics_equal_one_device(result, column):
     assert one["layer"] == two["layer"] and one["timestep"] == two["timestep"]
     a, b = np.array(two[column], float), np.array(one[column], float)
     finite = np.isfinite(b)
-    assert finite.sum() == 2 * 2 * 7  # two finite steps x two sublayers x T
+    # Two finite steps x three sublayers (SharedRNN depth 2, Keras's
+    # SimpleRNN) x T.
+    assert set(one["layer"]) == {"rnn/level_0", "rnn/level_1", "simple/level_0"}
+    assert finite.sum() == 2 * 3 * 7
     np.testing.assert_allclose(
         a[finite], b[finite], rtol=1e-5, atol=1e-6 * np.abs(b[finite]).max()
     )
