@@ -111,8 +111,8 @@ class GradientMonitor(keras.callbacks.Callback):
     >>> monitor = keras_seq.callbacks.GradientMonitor(every=1)
     >>> _ = model.fit(np.ones((8, 20, 3)), np.ones((8, 1)), verbose=0,
     ...               callbacks=[monitor])
-    >>> sorted(monitor.timestep_frame().columns)
-    ['cell_grad_norm', 'contribution', 'fit', 'grad_norm', 'layer', 'step', 'timestep', 'valid_fraction']
+    >>> list(monitor.timestep_frame().columns[:5])
+    ['step', 'fit', 'layer', 'timestep', 'grad_norm']
     """
 
     def __init__(
