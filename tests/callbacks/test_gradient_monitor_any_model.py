@@ -138,3 +138,13 @@ def test_second_fit_with_the_same_monitor_does_not_retrace(monkeypatch):
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     fit([monitor])
     assert len(traces) > first
+
+
+def test_recompiling_with_the_same_optimizer_and_new_metrics_rebuilds():
+    model = _plain("sequential")
+    x, y = _data()
+    monitor = GradientMonitor(every=1)
+    model.fit(x, y, verbose=0, callbacks=[monitor])
+    model.compile(optimizer=model.optimizer, loss="mse", metrics=["mae"])
+    history = model.fit(x, y, verbose=0, callbacks=[monitor])
+    assert "mae" in history.history and np.isfinite(history.history["mae"][0])

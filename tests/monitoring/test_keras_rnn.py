@@ -58,7 +58,7 @@ def _layers(case):
         ("lstm-stack", True),
         ("simple-backwards", True),
         ("bidirectional-gru", True),
-        ("bidirectional-lstm-sequences", False),
+        ("bidirectional-lstm-sequences", True),
     ],
 )
 def test_builtin_layers_match_the_eager_reference(case, masked):
@@ -151,3 +151,35 @@ def test_layers_without_per_step_data_are_named_once():
     assert sum("per-layer norms only" in str(w.message) for w in seen) == 1
     assert set(monitor.timestep_frame().layer) == {"lstm/level_0"}
     assert "norm/custom" in monitor.to_frame()
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs",
+    [
+        ("SimpleRNN", {"return_sequences": True, "zero_output_for_mask": True}),
+        ("SimpleRNN", {"return_sequences": True, "go_backwards": True}),
+        ("GRU", {"return_sequences": True, "return_state": True}),
+        ("LSTM", {"return_state": True, "go_backwards": True}),
+        ("LSTM", {"return_sequences": True, "zero_output_for_mask": True}),
+    ],
+)
+def test_probed_forward_equals_keras(kind, kwargs):
+    # Every output (sequences, padded positions included, and states) of the
+    # probed loop equals Keras's own loop, which a loss may not see.
+    import tensorflow as tf
+
+    from keras_seq.layers import probes
+    from keras_seq.monitoring import keras_rnn
+
+    keras.utils.set_random_seed(2)
+    layer = getattr(keras.layers, kind)(4, **kwargs)
+    x, _, mask = _data(masked=True)
+    expected = layer(x, mask=mask)
+    model = keras.Sequential([keras.Input((T, F)), layer])
+    with tf.GradientTape() as tape, probes.recording(tape) as recorder:
+        with keras_rnn.probing(model, True):
+            probed = layer(x, mask=mask)
+    assert [p.name for p in recorder.probes] == [f"{layer.name}/level_0"]
+    for a, b in zip(keras.tree.flatten(probed), keras.tree.flatten(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert "inner_loop" not in vars(layer)  # the patch is gone
