@@ -51,6 +51,7 @@ How to run:
 import argparse
 import dataclasses
 import gc
+import inspect
 import os
 import statistics
 import sys
@@ -63,6 +64,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import repeated_fits  # noqa: E402
 from bench_env import environment, finish, targets_table  # noqa: E402
 
 import keras_seq  # noqa: E402
@@ -73,10 +75,30 @@ FEATURES = 32
 FIRST_TIMED_BATCH = 5  # batches before this one (tracing) are not timed
 
 NONE = "no monitor"
+DENSE = "every=1"
+DENSE_NO_CONTRIBUTIONS = "every=1, contributions=False"
+BUILT_IN_LAYERS = ("SimpleRNN", "GRU", "LSTM")  # keras.layers, probed by the monitor
 
-# The issue's targets, as printed in the PASS/MISS table.
-TARGET_DENSE = 1.05  # GradientMonitor(every=1) step / no-monitor step
-TARGET_SPARSE = 1.01  # GradientMonitor(every=100) step / no-monitor step
+# The issue's targets (SharedRNN workloads), as printed in the PASS/MISS
+# table: a variant's step / the no-monitor step.
+TARGET_NO_CONTRIBUTIONS = 1.05  # every=1, contributions=False
+TARGET_DENSE = 1.20  # every=1 (contributions on)
+TARGET_DEFAULTS = 1.02  # GradientMonitor() with the constructor's defaults
+TARGET_SPARSE = 1.01  # every=100 (an earlier issue's target, still printed)
+
+
+def monitor_defaults():
+    """The GradientMonitor constructor's defaults that decide the cost."""
+    parameters = inspect.signature(keras_seq.callbacks.GradientMonitor).parameters
+    return {
+        name: parameters[name].default
+        for name in ("every", "contributions", "on_nan", "log_dir", "histograms")
+    }
+
+
+def defaults_name():
+    d = monitor_defaults()
+    return f"GradientMonitor() (every={d['every']}, contributions={d['contributions']})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +107,17 @@ class Workload:
     timesteps: int
     batch: int
     batches: int  # N, batches per fit
-    sparse_every: int  # the "every=100" variant's `every` at this length
+    sparse_every: int | None  # the "every=100" variant's `every`; None: no row
+    layer: str = "SharedRNN"  # or a keras.layers name from BUILT_IN_LAYERS
+
+    @property
+    def built_in(self):
+        return self.layer != "SharedRNN"
 
     @property
     def label(self):
+        if self.built_in:
+            return f"keras {self.layer}, T={self.timesteps}"
         return f"T={self.timesteps}, depth {self.depth}"
 
 
@@ -98,29 +127,47 @@ class Variant:
     every: int | None  # None: no monitor
     options: tuple = ()  # extra GradientMonitor arguments, as (name, value)
     log_dir: bool = False  # write TensorBoard files to a temporary directory
+    defaults: bool = False  # GradientMonitor() with no arguments at all
 
 
-def workloads(quick):
-    if quick:
-        return [Workload(1, 100, 64, 50, 100)]
-    return [
-        Workload(depth, timesteps, batch, batches, every)
-        for timesteps, batch, batches, every in (
-            (100, 64, 200, 100),
-            (1000, 32, 20, 10),
-        )
-        for depth in (1, 3)
-    ]
+PARTS = ("shared", "builtin", "repeated")
+
+
+def workloads(quick, parts=PARTS):
+    found = []
+    if "shared" in parts:
+        if quick:
+            found.append(Workload(1, 100, 64, 50, 100))
+        else:
+            found += [
+                Workload(depth, timesteps, batch, batches, every)
+                for timesteps, batch, batches, every in (
+                    (100, 64, 200, 100),
+                    (1000, 32, 20, 10),
+                )
+                for depth in (1, 3)
+            ]
+    if "builtin" in parts:
+        # N=100, not 200: a recorded LSTM/GRU step is 2-4x a plain one.
+        batches = 25 if quick else 100
+        found += [
+            Workload(1, 100, 64, batches, None, layer) for layer in BUILT_IN_LAYERS
+        ]
+    return found
 
 
 def variants(workload):
-    sparse = workload.sparse_every
+    defaults = monitor_defaults()
     rows = [
         Variant(NONE, None),
-        Variant("every=1", 1),
-        Variant("every=1, contributions=False", 1, (("contributions", False),)),
-        Variant(f"every={sparse}", sparse),
+        Variant(DENSE_NO_CONTRIBUTIONS, 1, (("contributions", False),)),
+        Variant(DENSE, 1),
+        Variant(defaults_name(), defaults["every"], defaults=True),
     ]
+    if workload.built_in:
+        return rows
+    sparse = workload.sparse_every
+    rows.append(Variant(f"every={sparse}", sparse))
     if workload.depth == 1 and workload.timesteps == 100:
         rows += [
             Variant(f'every={sparse}, on_nan="warn"', sparse, (("on_nan", "warn"),)),
@@ -133,11 +180,18 @@ def variants(workload):
 
 
 def build_model(workload, weights=None):
-    """A compiled keras_seq.Sequential classifier, with `weights` if given."""
-    model = keras_seq.Sequential(
+    """A compiled classifier, with `weights` if given: a keras_seq.Sequential
+    with a SharedRNN, or a plain keras.Sequential with a built-in layer."""
+    if workload.built_in:
+        sequential = keras.Sequential
+        recurrent = getattr(keras.layers, workload.layer)(UNITS)
+    else:
+        sequential = keras_seq.Sequential
+        recurrent = keras_seq.layers.SharedRNN(UNITS, depth=workload.depth)
+    model = sequential(
         [
             keras.Input((workload.timesteps, FEATURES)),
-            keras_seq.layers.SharedRNN(UNITS, depth=workload.depth),
+            recurrent,
             keras.layers.Dense(CLASSES, activation="softmax"),
         ]
     )
@@ -213,6 +267,8 @@ class VariantRunner:
     def monitor(self):
         if self.variant.every is None:
             return None
+        if self.variant.defaults:
+            return keras_seq.callbacks.GradientMonitor()
         options = dict(self.variant.options)
         if self.log_dir is not None:
             options["log_dir"] = self.log_dir.name
@@ -311,6 +367,7 @@ def time_workload(workload, repeats, errors):
     return [
         {
             "label": workload.label,
+            "layer": workload.layer,
             "depth": workload.depth,
             "timesteps": workload.timesteps,
             "batch": workload.batch,
@@ -372,7 +429,7 @@ def nominal_rate_ms(rows, row):
     every = row["every"]
     if every is None or every == 1:
         return None
-    recorded = find(rows, row["label"], "every=1")
+    recorded = find(rows, row["label"], DENSE)
     if recorded is None:
         return None
     window = row["timed_batches"]
@@ -410,7 +467,8 @@ def speed_table(rows):
 
 
 def evaluate_targets(rows, workload_list):
-    """[(target, workload, measured, estimated, status)]."""
+    """[(target, workload, measured, estimated, status)] for the SharedRNN
+    workloads (the issue sets no target for the built-in layers)."""
 
     def verdict(values, limit):
         values = [v for v in values if v is not None]
@@ -420,18 +478,25 @@ def evaluate_targets(rows, workload_list):
 
     results = []
     for workload in workload_list:
+        if workload.built_in:
+            continue
         label = workload.label
         base = find(rows, label, NONE)
-        dense = ratio(find(rows, label, "every=1"), base)
-        results.append(
-            (
-                f"every=1 step <= {TARGET_DENSE:.2f}x no monitor",
-                label,
-                fmt(dense, 3, "x"),
-                "—",
-                verdict([dense], TARGET_DENSE),
+        for name, limit in (
+            (DENSE_NO_CONTRIBUTIONS, TARGET_NO_CONTRIBUTIONS),
+            (DENSE, TARGET_DENSE),
+            (defaults_name(), TARGET_DEFAULTS),
+        ):
+            measured = ratio(find(rows, label, name), base)
+            results.append(
+                (
+                    f"{name} step <= {limit:.2f}x no monitor",
+                    label,
+                    fmt(measured, 3, "x"),
+                    "—",
+                    verdict([measured], limit),
+                )
             )
-        )
         name = f"every={workload.sparse_every}"
         row = next(
             (r for r in rows if r["label"] == label and r["variant"] == name), None
@@ -443,7 +508,8 @@ def evaluate_targets(rows, workload_list):
         stand_in = "" if workload.sparse_every == 100 else f" ({name} stands in)"
         results.append(
             (
-                f"every=100 step <= {TARGET_SPARSE:.2f}x no monitor{stand_in}",
+                f"every=100 step <= {TARGET_SPARSE:.2f}x no monitor (earlier "
+                f"issue){stand_in}",
                 label,
                 fmt(sparse, 3, "x"),
                 fmt(estimated, 3, "x"),
@@ -454,23 +520,34 @@ def evaluate_targets(rows, workload_list):
 
 
 def method_note(workload_list, repeats):
-    by_length = {w.timesteps: w for w in workload_list}
-    sizes = "; ".join(
-        f"T={w.timesteps}: batch {w.batch}, N={w.batches} batches per fit, "
-        f"sparse variant every={w.sparse_every}"
-        for w in by_length.values()
-    )
+    sizes = []
+    shared = {w.timesteps: w for w in workload_list if not w.built_in}
+    sizes += [
+        f"SharedRNN, T={w.timesteps}: batch {w.batch}, N={w.batches} batches "
+        f"per fit, sparse variant every={w.sparse_every}"
+        for w in shared.values()
+    ]
+    built_in = [w for w in workload_list if w.built_in]
+    if built_in:
+        w = built_in[0]
+        sizes.append(
+            f"keras.Sequential with {', '.join(x.layer for x in built_in)}"
+            f"({UNITS}), T={w.timesteps}: batch {w.batch}, N={w.batches}"
+        )
+    defaults = ", ".join(f"{k}={v!r}" for k, v in monitor_defaults().items())
     k0 = FIRST_TIMED_BATCH
     paragraphs = [
-        f"Method: {sizes}. Per variant one model with the weights of the others "
-        f"and its own Adam, one warm-up fit, then {repeats} timed fits, "
-        "interleaved (the order rotates each repeat), each `model.fit(x, y, "
-        "epochs=1, batch_size=B, verbose=0, shuffle=False)` with a new "
-        'GradientMonitor (on_nan="stop" unless shown).',
+        f"Method: {'; '.join(sizes)}. Per variant one model with the weights "
+        f"of the others and its own Adam, one warm-up fit, then {repeats} timed "
+        "fits, interleaved (the order rotates each repeat), each `model.fit(x, "
+        "y, epochs=1, batch_size=B, verbose=0, shuffle=False)` with a new "
+        'GradientMonitor (on_nan="stop" unless shown). The defaults row is '
+        f"`GradientMonitor()` with no arguments: {defaults}.",
         f"- ms/step: steady state, from `on_train_batch_begin` of batch {k0} to "
-        f"`on_train_end`, divided by the N-{k0} batches in between. The monitor "
-        "rebuilds the training functions at the start of every fit, so its "
-        "first batches trace them again; they are outside this window. The "
+        f"`on_train_end`, divided by the N-{k0} batches in between. A new "
+        "monitor builds its training functions at the start of its fit (one "
+        "monitor reused across fits does not: see the repeated-fit table), so "
+        "its first batches trace them; they are outside this window. The "
         "window includes the epoch-end work (History; heatmaps and the "
         "diagnosis text with log_dir) and the monitor's on_train_end (closing "
         f"the summary writer). Median and min-max over the {repeats} fits.",
@@ -488,7 +565,7 @@ def method_note(workload_list, repeats):
         "larger of the measured and the estimated ratio.",
         "- fit wall ms/step: the whole `model.fit` call / N, tracing included "
         "(the no-monitor model traces once, in its warm-up fit; a monitored "
-        "model traces its functions again in every fit).",
+        "model traces its functions again in every fit, with a new monitor).",
     ]
     return "\n".join(
         textwrap.fill(
@@ -506,14 +583,15 @@ def method_note(workload_list, repeats):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description="Time model.fit steps of a keras_seq model with "
-        "GradientMonitor(every=1), GradientMonitor(every=100) and without a "
-        "monitor; print Markdown tables."
+        description="Time model.fit steps of keras_seq SharedRNN models and "
+        "keras SimpleRNN/GRU/LSTM models with and without a GradientMonitor, "
+        "and repeated short fits with one monitor; print Markdown tables."
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="T=100, depth 1 only, N=50 batches per fit, 3 repeats",
+        help="SharedRNN at T=100, depth 1 only (N=50), the built-in layers "
+        "with N=25, 3 repeats, 5 repeated fits",
     )
     parser.add_argument(
         "--repeats",
@@ -522,6 +600,13 @@ def parse_args(argv):
         help="timed fits per variant; the median is reported "
         "(default 5, 3 with --quick)",
     )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="comma-separated subset of: shared (SharedRNN workloads), "
+        "builtin (keras SimpleRNN/GRU/LSTM), repeated (repeated short fits); "
+        "default all",
+    )
     parser.add_argument("--json", metavar="PATH", help="also save results as JSON")
     args = parser.parse_args(argv)
     minimum = 3 if args.quick else 5
@@ -529,6 +614,10 @@ def parse_args(argv):
         args.repeats = minimum
     if args.repeats < minimum:
         parser.error(f"--repeats must be >= {minimum}, got {args.repeats}")
+    args.parts = tuple(part.strip() for part in args.parts.split(",") if part)
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown or not args.parts:
+        parser.error(f"--parts takes a subset of {','.join(PARTS)}, got {unknown}")
     return args
 
 
@@ -541,18 +630,59 @@ def main(argv=None):
 
     started = time.perf_counter()
     errors = []
-    workload_list = workloads(args.quick)
+    workload_list = workloads(args.quick, args.parts)
     rows = []
     for workload in workload_list:
         rows += time_workload(workload, args.repeats, errors)
-    targets = evaluate_targets(rows, workload_list)
+    repeated_rows = []
+    if "repeated" in args.parts:
+        fits = 5 if args.quick else repeated_fits.FITS
+        try:
+            repeated_rows = repeated_fits.time_repeated_fits(fits, progress)
+        except Exception as error:  # noqa: BLE001 - report, keep the tables
+            errors.append(f"repeated short fits: {type(error).__name__}: {error}")
+    targets = [
+        (
+            f"{target} ({workload})",
+            measured + ("" if est == "—" else f" (est. {est})"),
+            status,
+        )
+        for target, workload, measured, est, status in evaluate_targets(
+            rows, workload_list
+        )
+    ]
+    if repeated_rows:
+        targets.append(repeated_fits.repeated_target(repeated_rows))
     minutes = (time.perf_counter() - started) / 60
 
     print("## Training step time with and without GradientMonitor\n")
     print(method_note(workload_list, args.repeats) + "\n")
-    print(speed_table(rows))
+    shared_rows = [r for r in rows if r["layer"] == "SharedRNN"]
+    built_in_rows = [r for r in rows if r["layer"] != "SharedRNN"]
+    if shared_rows:
+        print("### keras_seq SharedRNN\n")
+        print(speed_table(shared_rows) + "\n")
+    if built_in_rows:
+        print("### Keras's own SimpleRNN, GRU, LSTM (a plain keras.Sequential)\n")
+        print(speed_table(built_in_rows) + "\n")
+    if repeated_rows:
+        first = repeated_rows[0]
+        print(
+            f"### Repeated short fits ({first['fits']} fits of "
+            f"{first['batches_per_fit']} batches, one monitor per variant)\n"
+        )
+        print(
+            textwrap.fill(
+                "From `benchmarks/repeated_fits.py`: SharedRNN(128), T=100, "
+                "batch 64, Dense(10), MSE; wall time of the whole `fit` call; "
+                "the first fit (tracing) apart, median of the others.",
+                width=79,
+            )
+            + "\n"
+        )
+        print(repeated_fits.repeated_table(repeated_rows))
     finish(
-        targets_table(targets),
+        targets_table(targets, "measured (est. at 1/every)"),
         errors,
         minutes,
         args.json,
@@ -560,16 +690,11 @@ def main(argv=None):
             "environment": env,
             "repeats": args.repeats,
             "first_timed_batch": FIRST_TIMED_BATCH,
+            "monitor_defaults": {k: repr(v) for k, v in monitor_defaults().items()},
             "speed": rows,
+            "repeated_fits": repeated_rows,
             "targets": [
-                {
-                    "target": t,
-                    "workload": w,
-                    "measured": m,
-                    "estimated": e,
-                    "status": s,
-                }
-                for t, w, m, e, s in targets
+                {"target": t, "measured": m, "status": st} for t, m, st in targets
             ],
         },
     )
