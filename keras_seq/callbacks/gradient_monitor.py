@@ -66,7 +66,11 @@ class GradientMonitor(keras.callbacks.Callback):
 
     Args:
         log_dir: Optional TensorBoard log directory (default None: no files).
-        every: Integer >= 1 (default 1), record every `every` training steps.
+        every: Integer >= 1 (default 50, as Lightning's `log_every_n_steps`),
+            record every `every` training steps (step 0 always). Recording
+            costs a probed forward and backward pass (measured in the
+            README: about 1.1-1.3x a plain step); at the default the
+            overhead is within the noise of a step. `every=1` records all.
         on_nan: `"stop"` (default): do not apply the update with non-finite
             gradients and end `fit` after that step, keeping the weights of
             the last good step. `"skip"`: do not apply it and go on (weights
@@ -118,7 +122,7 @@ class GradientMonitor(keras.callbacks.Callback):
     def __init__(
         self,
         log_dir=None,
-        every=1,
+        every=50,
         on_nan="stop",
         on_explode="warn",
         histograms=False,

@@ -422,7 +422,7 @@ def _gradient_run(model, x, y, batch_size, steps):
         loss=config.get("loss"),
         loss_weights=config.get("loss_weights"),
     )
-    monitor = GradientMonitor(on_nan="warn", on_explode="warn")
+    monitor = GradientMonitor(every=1, on_nan="warn", on_explode="warn")
     samples = min(len(keras.tree.flatten(x)[0]), steps * batch_size)
     subset = keras.tree.map_structure(lambda a: a[:samples], (x, y))
     copy.fit(

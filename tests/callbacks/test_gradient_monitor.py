@@ -36,7 +36,7 @@ def test_vanishing_found_for_small_recurrent_weights():
         ),
         steps,
     )
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     _fit(small, x, y, monitor, epochs=1)
     diagnosis = monitor.diagnosis()
     assert diagnosis.vanishing == ["rnn/level_0"]
@@ -46,7 +46,7 @@ def test_vanishing_found_for_small_recurrent_weights():
 
     # Control: a linear orthogonal recurrence keeps the gradient's norm.
     healthy = _model(SharedRNN(6, activation="linear", name="rnn"), steps)
-    control = GradientMonitor()
+    control = GradientMonitor(every=1)
     _fit(healthy, x * 0.1, y, control, epochs=1, batch_size=8)
     assert control.diagnosis().vanishing == []
     assert control.diagnosis().sublayers["rnn/level_0"].horizon == steps
@@ -65,7 +65,7 @@ def test_exploding_found_with_a_scaled_up_recurrent_kernel():
         ),
         steps,
     )
-    monitor = GradientMonitor(on_explode="stop")
+    monitor = GradientMonitor(every=1, on_explode="stop")
     with pytest.warns(UserWarning, match=r"Exploding gradients at step 0.*Stopping"):
         history = _fit(model, x, np.zeros((8, 1), "float32"), monitor, epochs=3)
     assert monitor.diagnosis().exploding
@@ -104,7 +104,7 @@ def test_nan_is_located_and_skipped_bit_for_bit():
     model = _model(SharedRNN(5, depth=2, name="rnn"), 8)
     model.compile(optimizer="adam", loss="mse")
     snapshots = _WeightSnapshots()
-    monitor = GradientMonitor(on_nan="skip")
+    monitor = GradientMonitor(every=1, on_nan="skip")
     history = model.fit(
         x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[snapshots, monitor]
     )
@@ -152,14 +152,14 @@ def test_nan_warn_applies_the_update():
     x, y = _nan_data()
     model = _model(SharedRNN(5, name="rnn"), 8)
     with pytest.warns(UserWarning, match="update was applied"):
-        _fit(model, x, y, GradientMonitor(on_nan="warn"))
+        _fit(model, x, y, GradientMonitor(every=1, on_nan="warn"))
     assert not np.all(np.isfinite(model.get_weights()[0]))
 
 
 def test_tensorboard_tags_match_the_frames(tmp_path):
     x = np.random.RandomState(0).randn(8, 6, 2).astype("float32")
     model = _model(SharedRNN(4, depth=2, name="rnn"), 6)
-    monitor = GradientMonitor(log_dir=tmp_path, histograms=True)
+    monitor = GradientMonitor(every=1, log_dir=tmp_path, histograms=True)
     _fit(model, x, np.ones((8, 1)), monitor, epochs=2)
 
     accumulator = event_accumulator.EventAccumulator(
@@ -215,7 +215,7 @@ def test_tensorboard_tags_match_the_frames(tmp_path):
 def test_works_next_to_keras_tensorboard(tmp_path):
     x = np.random.RandomState(0).randn(8, 6, 2).astype("float32")
     model = _model(SharedRNN(4, name="rnn"), 6)
-    monitor = GradientMonitor(log_dir=tmp_path)
+    monitor = GradientMonitor(every=1, log_dir=tmp_path)
     model.fit(
         x,
         np.ones((8, 1)),
@@ -295,7 +295,7 @@ def test_keras_layers_get_per_layer_norms():
     with tf.GradientTape() as tape:
         loss = keras.losses.MeanSquaredError()(y, model(x))
     grads = tape.gradient(loss, model.trainable_variables)
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     _fit(model, x, y, monitor)
     row = monitor.to_frame().iloc[0]
     lstm = np.sqrt(sum(np.sum(g.numpy() ** 2) for g in grads[:3]))
@@ -352,7 +352,7 @@ def test_loss_scale_overflow_is_not_a_nan_event():
     )
     model.compile(optimizer=optimizer, loss="mse")
     x = np.random.RandomState(0).randn(8, 6, 2).astype("float32")
-    monitor = GradientMonitor(on_nan="stop")
+    monitor = GradientMonitor(every=1, on_nan="stop")
     history = _fit(model, x, np.ones((8, 1)), monitor, epochs=2)
     frame = monitor.to_frame()
     assert not frame.finite.iloc[0] and frame.skipped.iloc[0]  # an overflow
@@ -365,7 +365,7 @@ def test_nan_inside_a_multi_step_execution_is_not_missed():
     x, y = _nan_data()  # batch 1 of 3 has a NaN
     model = _model(SharedRNN(5, name="rnn"), 8)
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=2)
-    monitor = GradientMonitor(on_nan="stop")
+    monitor = GradientMonitor(every=1, on_nan="stop")
     with pytest.warns(UserWarning, match=r"Non-finite gradients at step 1"):
         history = model.fit(
             x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[monitor]
@@ -385,7 +385,7 @@ def test_loss_scale_factor_is_undone():
         model.compile(
             optimizer=keras.optimizers.SGD(0.1, loss_scale_factor=factor), loss="mse"
         )
-        monitor = GradientMonitor()
+        monitor = GradientMonitor(every=1)
         _fit(model, x, np.ones((4, 1)), monitor)
         frames.append(monitor.to_frame())
     np.testing.assert_allclose(frames[1].global_norm, frames[0].global_norm, rtol=1e-5)
@@ -394,7 +394,7 @@ def test_loss_scale_factor_is_undone():
 def test_monitor_reused_across_fits(tmp_path):
     x = np.random.RandomState(0).randn(8, 6, 2).astype("float32")
     model = _model(SharedRNN(3, name="rnn"), 6)
-    monitor = GradientMonitor(log_dir=tmp_path)
+    monitor = GradientMonitor(every=1, log_dir=tmp_path)
     _fit(model, x, np.ones((8, 1)), monitor)
     _fit(model, x, np.ones((8, 1)), monitor)
     assert monitor.to_frame().step.tolist() == [0, 1, 2, 3]
@@ -409,7 +409,7 @@ def test_a_layer_called_twice_is_recorded_per_call():
     model = keras_seq.Model([a, b], outputs)
     model.compile(optimizer="sgd", loss="mse")
     x = np.random.RandomState(0).randn(4, 5, 2).astype("float32")
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     model.fit([x, -x], np.ones((4, 1)), verbose=0, callbacks=[monitor])
     frame = monitor.timestep_frame()
     assert sorted(frame.layer.unique()) == ["encoder#1/level_0", "encoder/level_0"]

@@ -79,7 +79,7 @@ def test_keras_gets_its_own_training_function_back_after_fit():
     x, y = _data()
     model.fit(x, y, verbose=0)
     keras_function = model.train_function
-    monitor = GradientMonitor(on_nan="skip")
+    monitor = GradientMonitor(every=1, on_nan="skip")
     model.fit(x, y, verbose=0, callbacks=[monitor])
     assert model.train_function is keras_function
     # Without the monitor a NaN batch goes through Keras's step (no guard).
@@ -100,12 +100,12 @@ def test_model_with_its_own_train_step_is_refused():
     x, _ = _data()
     message = r"OwnStep overrides `train_step`.*compute_loss"
     with pytest.raises(TypeError, match=message):
-        model.fit(x, np.ones((B, 2)), verbose=0, callbacks=[GradientMonitor()])
+        model.fit(x, np.ones((B, 2)), verbose=0, callbacks=[GradientMonitor(every=1)])
 
 
 def test_something_that_is_not_a_model_is_refused():
     with pytest.raises(TypeError, match=r"keras.Model.*Received: Dense"):
-        GradientMonitor().set_model(keras.layers.Dense(2))
+        GradientMonitor(every=1).set_model(keras.layers.Dense(2))
 
 
 def test_second_fit_with_the_same_monitor_does_not_retrace(monkeypatch):

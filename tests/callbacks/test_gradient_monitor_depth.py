@@ -23,7 +23,7 @@ def test_depth_ratios_are_dh_norms_relative_to_the_top_level(tmp_path):
     rnn = SharedRNN(6, depth=5, activation="sigmoid", name="rnn")
     model = keras_seq.Sequential([keras.Input((T, F)), rnn, keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    monitor = GradientMonitor(log_dir=tmp_path)
+    monitor = GradientMonitor(every=1, log_dir=tmp_path)
     model.fit(x, y, batch_size=8, verbose=0, callbacks=[monitor])
 
     # The sigmoid reference: every level's ||dL/dh|| over all steps.
@@ -64,7 +64,7 @@ def test_builtin_stack_compares_weight_gradient_norms():
         ]
     )
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     model.fit(x, y, batch_size=8, verbose=0, callbacks=[monitor])
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(keras.losses.mean_squared_error(y, model(x)))
@@ -85,7 +85,7 @@ def test_healthy_tanh_stack_and_single_level_have_no_depth_verdict():
         [keras.Input((T, F)), SharedRNN(6, depth=3, name="rnn"), keras.layers.Dense(1)]
     )
     deep.compile(optimizer="sgd", loss="mse")
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     deep.fit(x, y, verbose=0, callbacks=[monitor])
     assert monitor.diagnosis().depth.vanishing == []
     assert monitor.diagnosis().healthy
@@ -94,7 +94,7 @@ def test_healthy_tanh_stack_and_single_level_have_no_depth_verdict():
         [keras.Input((T, F)), SharedRNN(6, name="rnn"), keras.layers.Dense(1)]
     )
     single.compile(optimizer="sgd", loss="mse")
-    alone = GradientMonitor()
+    alone = GradientMonitor(every=1)
     single.fit(x, y, verbose=0, callbacks=[alone])
     assert alone.diagnosis().depth is None
     assert not any(c.startswith("depth_ratio/") for c in alone.to_frame().columns)

@@ -42,13 +42,13 @@ def _fit(model, monitor, epochs=1):
 
 @pytest.mark.parametrize("with_log_dir", [True, False])
 def test_spilled_rows_come_back_whole(tmp_path, monkeypatch, with_log_dir):
-    kept = GradientMonitor()
+    kept = GradientMonitor(every=1)
     _fit(_model(), kept, epochs=2)
     expected = kept.timestep_frame()
     assert len(expected) == 12 * 2 * T
 
     monkeypatch.setattr(gradient_monitor, "MAX_TIMESTEP_ROWS", 25)
-    spilled = GradientMonitor(log_dir=tmp_path if with_log_dir else None)
+    spilled = GradientMonitor(every=1, log_dir=tmp_path if with_log_dir else None)
     _fit(_model(), spilled, epochs=2)
     frame = spilled.timestep_frame()
     pd.testing.assert_frame_equal(frame, expected)
@@ -77,7 +77,7 @@ def test_fit_column_tells_consecutive_fits_apart():
 
 
 def test_pictures_land_in_tensorboard(tmp_path):
-    monitor = GradientMonitor(log_dir=tmp_path)
+    monitor = GradientMonitor(every=1, log_dir=tmp_path)
     _fit(_model(), monitor, epochs=2)
     figures = monitor.plot()
     assert sorted(figures) == ["decay", "heatmap/rnn/level_0", "heatmap/rnn/level_1"]
@@ -110,13 +110,13 @@ def test_unwritable_log_dir_fails_before_the_first_update(tmp_path):
     model = _model()
     before = model.get_weights()
     with pytest.raises(ValueError, match=r"`log_dir` must be a directory.*file"):
-        _fit(model, GradientMonitor(log_dir=blocker / "logs"))
+        _fit(model, GradientMonitor(every=1, log_dir=blocker / "logs"))
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
 
 
 def test_report_before_any_record_says_so():
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     assert "no training step recorded yet" in monitor.report()
     assert monitor.plot() == {}
     assert monitor.timestep_frame().empty
@@ -128,6 +128,6 @@ def test_keras_seq_sequential_still_works():
         [keras.Input((T, 2)), SharedRNN(3, name="rnn"), keras.layers.Dense(1)]
     )
     model.compile(optimizer="sgd", loss="mse")
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     _fit(model, monitor)
     assert len(monitor.records) == 6

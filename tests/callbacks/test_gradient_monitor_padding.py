@@ -27,7 +27,7 @@ def _token_model(rnn):
 
 def _record(model, weights, x, y):
     model.set_weights(weights)
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     model.fit(x, y, batch_size=len(x), shuffle=False, verbose=0, callbacks=[monitor])
     return monitor
 
@@ -112,7 +112,7 @@ def test_end_aligned_norms_match_each_sequence_run_alone(go_backwards):
         + [keras.layers.Dense(1)]
     )
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     model.fit(x, y, batch_size=batch, verbose=0, callbacks=[monitor])
 
     reference = keras_seq.Sequential(
@@ -135,7 +135,7 @@ def test_end_aligned_norms_match_each_sequence_run_alone(go_backwards):
 
 def test_all_padding_batch_gives_no_verdict():
     model = _token_model(SharedRNN(4, depth=2, name="rnn"))
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     x = np.zeros((4, 6), "int32")
     model.fit(x, np.ones((4, 1)), batch_size=4, verbose=0, callbacks=[monitor])
     diagnosis = monitor.diagnosis()
@@ -151,7 +151,7 @@ def test_sequence_of_length_one_is_not_enough_steps():
         [keras.Input((1, 2)), SharedRNN(3, name="rnn"), keras.layers.Dense(1)]
     )
     model.compile(optimizer="sgd", loss="mse")
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     model.fit(np.ones((2, 1, 2)), np.ones((2, 1)), verbose=0, callbacks=[monitor])
     assert monitor.diagnosis().sublayers["rnn/level_0"].verdict == "not enough steps"
     assert "not enough steps" in monitor.report()

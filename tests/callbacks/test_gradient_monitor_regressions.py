@@ -31,7 +31,7 @@ def test_global_clipnorm_that_does_not_fire_changes_nothing():
         optimizer=keras.optimizers.SGD(lr, global_clipnorm=1e6),
     )
     before = [w.copy() for w in model.get_weights()]
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     model.fit(x, y, batch_size=4, verbose=0, callbacks=[monitor])
     after = model.get_weights()
     row = monitor.to_frame().iloc[0]
@@ -58,7 +58,7 @@ def test_horizon_and_decay_count_back_in_processing_order(go_backwards):
         name="rnn",
     )
     model = _model(rnn, steps)
-    monitor = GradientMonitor()
+    monitor = GradientMonitor(every=1)
     model.fit(x, np.ones((8, 1)), batch_size=8, verbose=0, callbacks=[monitor])
     verdict = monitor.diagnosis().sublayers["rnn/level_0"]
     assert verdict.vanishing and 1 <= verdict.horizon < 6 and verdict.decay < 0.3
@@ -79,7 +79,7 @@ def test_exploding_verdict_marks_a_single_spike_and_clears_after_it():
     y[24:28] = 1e4  # batch 6 of 10 only
     # A zero learning rate: the spike cannot change the later steps.
     model = _model(SharedRNN(4, name="rnn"), 5, optimizer=keras.optimizers.SGD(0.0))
-    monitor = GradientMonitor(explode_threshold=1e12)  # the jump rule only
+    monitor = GradientMonitor(every=1, explode_threshold=1e12)  # the jump rule only
     with pytest.warns(UserWarning, match=r"Exploding gradients at step 6"):
         model.fit(
             x,
@@ -105,7 +105,7 @@ def test_nonfinite_gradients_behind_a_finite_forward_pass(go_backwards):
     x = np.random.RandomState(0).randn(4, steps, 2).astype("float32")
     rnn = SharedRNN(3, depth=2, go_backwards=go_backwards, name="rnn")
     model = _model(rnn, steps, loss=_sqrt_loss)
-    monitor = GradientMonitor(on_nan="skip")
+    monitor = GradientMonitor(every=1, on_nan="skip")
     model.fit(x, np.ones((4, 1)), batch_size=4, verbose=0, callbacks=[monitor])
     assert monitor.skipped_steps == 1
     nonfinite = monitor.diagnosis().nonfinite
@@ -124,7 +124,7 @@ def test_moving_to_another_model_restarts_the_jump_baseline():
     # are far larger: that is no explosion.
     rng = np.random.RandomState(0)
     x = rng.randn(16, 5, 2).astype("float32")
-    monitor = GradientMonitor(on_explode="stop", explode_threshold=1e12)
+    monitor = GradientMonitor(every=1, on_explode="stop", explode_threshold=1e12)
     small = _model(SharedRNN(4, name="rnn"), 5, optimizer=keras.optimizers.SGD(0.0))
     small.fit(x, np.zeros((16, 1)), batch_size=4, verbose=0, callbacks=[monitor])
     large = _model(SharedRNN(4, name="rnn"), 5, optimizer=keras.optimizers.SGD(0.0))

@@ -162,7 +162,7 @@ def test_target_depth_is_the_smallest_within_tolerance(method):
 def test_monitor_given_gives_gradient_scores_without_data():
     x, y = _data()
     model = _stack(3, activation="sigmoid")
-    monitor = keras_seq.callbacks.GradientMonitor()
+    monitor = keras_seq.callbacks.GradientMonitor(every=1)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[monitor])
     plan = suggest_depth(model, monitor=monitor, method="gradient")
     ratios = plan.scores.depth_ratio.to_numpy()
@@ -194,7 +194,7 @@ def test_errors_about_data_and_models():
     with pytest.raises(ValueError, match="`x` and `y` go together"):
         suggest_depth(_stack(3), x)
     with pytest.raises(ValueError, match="recorded no training step"):
-        suggest_depth(_stack(3), monitor=keras_seq.callbacks.GradientMonitor())
+        suggest_depth(_stack(3), monitor=keras_seq.callbacks.GradientMonitor(every=1))
     single = _stack(1)
     with pytest.raises(ValueError, match="nothing to remove"):
         suggest_depth(single, x, y)
