@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import keras_seq
+import keras_seq.cli
 
 
 @pytest.mark.parametrize(
@@ -22,6 +23,8 @@ import keras_seq
         keras_seq.diagnostics,
         keras_seq.depth,
         keras_seq.monitoring,
+        keras_seq.runs,
+        keras_seq.cli,
     ],
     ids=lambda m: m.__name__,
 )

@@ -1,0 +1,183 @@
+"""keras_seq.runs: the options, run directories and summaries of recipes."""
+
+import json
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import keras_seq
+from keras_seq import runs
+
+
+def parse(argv, **kwargs):
+    parser = runs.argument_parser("demo", "A demo recipe.", epochs=7, **kwargs)
+    return parser.parse_args(argv)
+
+
+def test_options_and_their_defaults():
+    args = parse([])
+    assert (args.epochs, args.batch_size, args.log_dir, args.seed, args.smoke) == (
+        7,
+        32,
+        None,
+        0,
+        False,
+    )
+    args = parse(
+        ["--epochs", "3", "--batch-size", "8", "--log-dir", "d", "--seed", "5"]
+    )
+    assert (args.epochs, args.batch_size, args.log_dir, args.seed) == (
+        3,
+        8,
+        pathlib.Path("d"),
+        5,
+    )
+
+
+def test_smoke_sets_the_epochs_unless_given():
+    assert parse(["--smoke"], smoke_epochs=2).epochs == 2
+    assert parse(["--smoke", "--epochs", "4"], smoke_epochs=2).epochs == 4
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "argument --epochs: must be an integer >= 1. Received: 0"),
+        (["--batch-size", "x"], "argument --batch-size: must be an integer >= 1"),
+        (["--seed", "1.5"], "argument --seed: must be an integer"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("demo.py: error: ")
+    assert message in err
+
+
+def test_parser_error_for_bad_data_is_one_line(capsys):
+    parser = runs.argument_parser("demo", "A demo recipe.", epochs=1)
+    with pytest.raises(SystemExit) as exit_:
+        parser.error("column 'y' is missing;\navailable: a, b")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "demo.py: error: column 'y' is missing; available: a, b (see --help)\n"
+    )
+
+
+def test_start_seeds_and_makes_the_default_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = runs.start("demo", parse(["--seed", "3"]))
+    first = np.random.rand()
+    runs.start("demo", parse(["--seed", "3"]))
+    assert np.random.rand() == first  # reseeded
+    assert run.dir.parent == pathlib.Path("runs", "demo")
+    assert run.dir.is_dir()
+    assert len(list((tmp_path / "runs" / "demo").iterdir())) == 2  # same second
+    assert f"demo: writing to {run.dir}" in capsys.readouterr().out
+
+
+def test_start_refuses_an_unwritable_directory(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        runs.start("demo", parse(["--log-dir", str(blocker / "run")]))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "cannot write the run directory" in err and "--log-dir" in err
+
+
+def trained(log_dir):
+    model = keras_seq.Sequential(
+        [
+            keras.Input((5, 2)),
+            keras_seq.layers.SharedRNN(3, name="rnn"),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    monitor = keras_seq.callbacks.GradientMonitor(log_dir=log_dir, every=1)
+    x = np.random.RandomState(0).rand(8, 5, 2).astype("float32")
+    model.fit(x, x[:, -1, :1], epochs=1, batch_size=4, verbose=0, callbacks=[monitor])
+    return model, monitor
+
+
+def test_save_and_finish_write_what_describe_reads(tmp_path, capsys):
+    run = runs.start("demo", parse(["--log-dir", str(tmp_path / "run")]))
+    model, monitor = trained(run.dir)
+    files = run.save(model, monitor)
+    other_model, other_monitor = trained(run.log_dir("other"))
+    run.save(other_model, other_monitor, label="other")
+    summary = run.finish(
+        {"mse": np.float32(0.25), "steps": np.int64(2), "note": "x"},
+        tables={"Table": pd.DataFrame({"model": ["a", "b"], "mse": [0.5, 0.125]})},
+        notes=["A note."],
+    )
+    printed = capsys.readouterr().out
+
+    assert set(files) == {"model", "gradients", "timesteps", "report"}
+    assert keras.saving.load_model(files["model"]).count_params() == (
+        model.count_params()
+    )
+    assert len(pd.read_parquet(files["gradients"])) == 2
+    assert set(pd.read_parquet(files["timesteps"]).layer) == {"rnn/level_0"}
+    on_disk = json.loads((run.dir / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["figures"] == {"mse": 0.25, "steps": 2, "note": "x"}
+    assert on_disk["tables"]["Table"] == [
+        {"model": "a", "mse": 0.5},
+        {"model": "b", "mse": 0.125},
+    ]
+    assert on_disk["models"]["model"]["files"]["model"] == "model.keras"
+    assert on_disk["models"]["other"]["files"]["report"] == "other/report.txt"
+    verdict = on_disk["models"]["model"]["diagnosis"]["rnn/level_0"]
+    assert verdict["horizon"] == monitor.diagnosis().sublayers["rnn/level_0"].horizon
+    assert on_disk["arguments"]["log_dir"] == str(tmp_path / "run")
+
+    text = runs.describe(run.dir)
+    assert text in printed
+    assert "  mse    0.25" in text
+    assert "  model    mse\n  a        0.5\n  b      0.125" in text
+    assert "Note: A note." in text
+    assert monitor.report() in text and other_monitor.report() in text
+    assert "Gradients of other (other/report.txt):" in text
+    assert text.endswith(runs.tensorboard_command(run.dir))
+
+
+def test_describe_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a finished run"):
+        runs.describe(tmp_path)
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a keras-seq run summary"):
+        runs.describe(tmp_path)
+    (tmp_path / "summary.json").write_text('{"recipe": "x"}')
+    with pytest.raises(ValueError, match="KeyError"):
+        runs.describe(tmp_path)
+
+
+def test_latest_run_is_the_last_finished(tmp_path):
+    assert runs.latest_run(tmp_path / "missing") is None
+    assert runs.latest_run(tmp_path) is None
+    for name, mtime in (("b", 100), ("a", 200), ("unfinished", None)):
+        (tmp_path / name).mkdir()
+        if mtime is not None:
+            summary = tmp_path / name / "summary.json"
+            summary.write_text("{}")
+            os.utime(summary, (mtime, mtime))
+    assert runs.latest_run(tmp_path) == tmp_path / "a"
+    assert runs.latest_run(tmp_path / "b") == tmp_path / "b"
+
+
+def test_label_must_be_a_plain_name(tmp_path):
+    run = runs.start("demo", parse(["--log-dir", str(tmp_path)]))
+    for label in ("", "../up", "a/b", ".hidden", 3):
+        with pytest.raises(ValueError, match="Argument `label` must be"):
+            run.log_dir(label)
