@@ -1,10 +1,13 @@
 # Two entry points, each doing all set-up on a fresh machine with python3:
 #   make demo   train the next-word model on the built-in idiom corpus
+#               (.venv/bin/keras-seq run next_word; `keras-seq list`: more)
 #   make test   run the whole test suite
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# keras-seq's command also sets 3 itself and keeps TensorFlow's start-up lines
+# (which ignore this variable) off the terminal.
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export KERAS_BACKEND := tensorflow
 
 .PHONY: demo test bench lint clean
@@ -16,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) recipes/next_word_idioms.py
+	$(VENV)/bin/keras-seq run next_word
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q

@@ -1,0 +1,179 @@
+"""Next-word prediction on English idioms with a two-level SharedRNN.
+
+Every prefix of the ~200 built-in idioms gives one training pair ("feeling
+under the" -> "weather"); `keras.layers.TextVectorization` maps the words to
+ids, and `Embedding(mask_zero=True) -> SharedRNN(128, depth=2) ->
+Dense(softmax)` learns them with a GradientMonitor watching. Reports top-1
+and top-5 accuracy on all pairs against the corpus ceiling (some prefixes
+start several idioms: "a", "the", "bite the", so no model gets them all),
+prints completions with their probabilities, and saves the model with the
+TextVectorization in front, so that it reads raw text:
+`keras-seq complete "once in a blue"`.
+
+Runtime: ~30 s on 2 CPU cores (--smoke: ~5 s).
+
+    keras-seq run next_word [--epochs 40] [--units 128] [--seed 0]
+    python recipes/next_word.py [same options]
+"""
+
+import collections
+import sys
+
+import keras
+import numpy as np
+
+import keras_seq
+from keras_seq import runs
+
+NAME = "next_word"
+PROMPTS = (
+    "feeling under the",
+    "break the",
+    "once in a blue",
+    "let the cat out of the",
+    "the ball is in your",
+    "kill two birds with one",
+    "hit the nail on the",
+    "bite the",  # two idioms: "bite the bullet" and "bite the dust"
+)
+
+
+def next_word_pairs(texts):
+    """Every (prefix, next word) pair of every text, and the longest prefix
+    in words."""
+    prefixes, targets = [], []
+    for text in texts:
+        words = text.split()
+        for k in range(1, len(words)):
+            prefixes.append(" ".join(words[:k]))
+            targets.append(words[k])
+    return prefixes, targets, max(len(p.split()) for p in prefixes)
+
+
+def ceilings(prefixes, targets):
+    """The best top-1 and top-5 accuracy any model can reach on these pairs:
+    a prefix that several texts share has only one best guess."""
+    following = collections.defaultdict(collections.Counter)
+    for prefix, target in zip(prefixes, targets):
+        following[prefix][target] += 1
+
+    def best(k):
+        reachable = sum(sum(sorted(c.values())[-k:]) for c in following.values())
+        return reachable / len(targets)
+
+    return best(1), best(5), following
+
+
+def main(argv=None):
+    parser = runs.argument_parser(NAME, __doc__, epochs=40, batch_size=32)
+    parser.add_argument(
+        "--units",
+        type=runs.positive_int,
+        default=128,
+        metavar="N",
+        help="recurrent units (default: 128)",
+    )
+    args = parser.parse_args(argv)
+    run = runs.start(NAME, args)
+
+    idioms = keras_seq.data.load_idioms()
+    if args.smoke:
+        idioms, args.units = idioms[::8], min(args.units, 16)
+    prefixes, targets, max_words = next_word_pairs(idioms)
+    vectorize = keras.layers.TextVectorization(
+        standardize="lower", split="whitespace", output_sequence_length=max_words
+    )
+    vectorize.adapt(idioms)
+    vocabulary = [str(word) for word in vectorize.get_vocabulary()]  # 0: "", 1: OOV
+    word_id = {word: i for i, word in enumerate(vocabulary)}
+    x = keras.ops.convert_to_numpy(vectorize(prefixes))
+    y = np.array([word_id[word] for word in targets], dtype="int32")
+    print(
+        f"{len(idioms)} idioms -> {len(y)} (prefix, next word) pairs, "
+        f"{len(vocabulary)} words, prefixes padded to {max_words}"
+    )
+
+    model = keras_seq.Sequential(
+        [
+            keras.Input((max_words,), dtype="int32"),
+            keras.layers.Embedding(
+                len(vocabulary), 32, mask_zero=True, name="embedding"
+            ),
+            keras_seq.layers.SharedRNN(args.units, depth=2, name="rnn"),
+            keras.layers.Dense(len(vocabulary), activation="softmax", name="words"),
+        ],
+        name="next_word",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=3e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+        ],
+    )
+    monitor = keras_seq.callbacks.GradientMonitor(log_dir=run.dir, every=5)
+    model.fit(
+        x,
+        y,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.TensorBoard(log_dir=run.dir),
+            monitor,
+            run.progress(every=5),
+        ],
+    )
+
+    # The saved model reads raw text: TextVectorization, then the network.
+    text_model = keras_seq.Sequential(
+        [keras.Input((1,), dtype="string"), vectorize, model], name="next_word_text"
+    )
+    run.save(text_model, monitor)
+
+    top1_ceiling, top5_ceiling, following = ceilings(prefixes, targets)
+    loss, top1, top5 = model.evaluate(x, y, verbose=0)
+    prompts = [p for p in PROMPTS if p in following] or prefixes[-3:]
+    probabilities = keras.ops.convert_to_numpy(
+        text_model(np.array([[p] for p in prompts]))
+    )
+    probabilities[:, :2] = 0.0  # padding and out-of-vocabulary are not words
+    print("\nCompletions (top 3 with probabilities; the corpus's next words):")
+    width = max(len(p) for p in prompts)
+    hits = 0
+    for prompt, row in zip(prompts, probabilities):
+        best = np.argsort(-row, kind="stable")[:3]
+        shown = ", ".join(f"{vocabulary[i]} {row[i]:.2f}" for i in best)
+        expected = sorted(following[prompt])
+        hits += vocabulary[best[0]] in expected
+        print(f"  {prompt:<{width}}  -> {shown:<40} ({' or '.join(expected)})")
+
+    model_option = [] if args.log_dir is None else ["--model", run.dir]
+    complete = runs.shell_command(
+        "keras-seq", "complete", "once in a blue", *model_option
+    )
+    run.finish(
+        {
+            "pairs": len(y),
+            "vocabulary": len(vocabulary),
+            "epochs": args.epochs,
+            "top1_accuracy": top1,
+            "top1_ceiling": top1_ceiling,
+            "top5_accuracy": top5,
+            "top5_ceiling": top5_ceiling,
+            "loss": loss,
+            "prompts_completed": f"{hits}/{len(prompts)}",
+        },
+        notes=[
+            f"Accuracy on all {len(y)} training pairs: the task is to memorise "
+            "the corpus. The ceilings are what a perfect model reaches, as "
+            "some prefixes start several idioms.",
+            f"Complete your own prompts: {complete}",
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

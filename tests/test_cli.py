@@ -1,0 +1,231 @@
+"""The `keras-seq` command, through its installed console script."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import keras
+import pytest
+
+import keras_seq
+from keras_seq import cli
+from keras_seq.recipes import next_word
+
+COMMAND = pathlib.Path(sys.executable).parent / "keras-seq"
+# What TensorFlow prints while it starts: absl log lines, CUDA and oneDNN.
+NOISE = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|oneDNN|cuda|cuInit", re.M)
+
+
+def keras_seq_command(*args, cwd=None, importtime=False):
+    """Runs the installed `keras-seq` as a user would, without the test
+    suite's TF_CPP_MIN_LOG_LEVEL."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    prefix = [sys.executable, "-X", "importtime"] if importtime else []
+    return subprocess.run(
+        [*prefix, str(COMMAND), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
+
+
+def one_line_error(result, code, *fragments):
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def imported_tensorflow(importtime_stderr):
+    return re.search(r"\|\s+tensorflow$", importtime_stderr, re.M) is not None
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """`keras-seq run next_word --smoke` through the console script."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    result = keras_seq_command("run", "next_word", "--smoke", "--log-dir", str(run_dir))
+    return result, run_dir
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A short real next_word training (15 epochs, ~10 s), in process."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    assert next_word.main(["--epochs", "15", "--log-dir", str(run_dir)]) == 0
+    keras.utils.clear_session()
+    return run_dir
+
+
+@pytest.mark.parametrize("args", [[], ["list"], ["run"], ["complete"], ["report"]])
+def test_help_everywhere(args):
+    result = keras_seq_command(*args, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: keras-seq {' '.join(args)}".rstrip())
+    assert result.stderr == ""
+
+
+def test_no_command_shows_the_help_and_is_bad_usage():
+    result = keras_seq_command()
+    assert result.returncode == 2
+    assert "usage: keras-seq" in result.stdout and "list" in result.stdout
+
+
+def test_version():
+    result = keras_seq_command("--version")
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"keras-seq {keras_seq.__version__}\n",
+    )
+
+
+def test_bad_usage_is_one_line_and_code_2():
+    one_line_error(keras_seq_command("bogus"), 2, "keras-seq: error: argument COMMAND")
+    one_line_error(
+        keras_seq_command("run", "nope"),
+        2,
+        "keras-seq run: error: no recipe 'nope'; choose from: adding_problem,",
+    )
+    one_line_error(keras_seq_command("complete", "a", "-k", "0"), 2, "argument -k")
+
+
+def test_list_shows_every_recipe_with_its_runtime_without_tensorflow():
+    result = keras_seq_command("list", importtime=True)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == sorted(names) and {"next_word", "adding_problem"} <= set(names)
+    for line in lines:
+        name, runtime, title = re.match(r"(\S+)\s+(~\S+ \S+)\s+(.+)$", line).groups()
+        assert name in cli._recipe_names() and title.endswith(".")
+    assert not imported_tensorflow(result.stderr)
+
+
+def test_run_trains_and_prints_without_tensorflow_noise(smoke_run):
+    result, run_dir = smoke_run
+    assert result.returncode == 0, result.stderr
+    assert not NOISE.search(result.stderr), result.stderr
+    assert "Final figures:" in result.stdout
+    assert "Gradient diagnosis at step" in result.stdout
+    assert result.stdout.rstrip().endswith(f"--logdir {run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["recipe"] == "next_word" and summary["arguments"]["smoke"]
+
+
+def test_run_passes_bad_options_back_as_one_line(tmp_path):
+    result = keras_seq_command("run", "next_word", "--epochs", "0", cwd=tmp_path)
+    one_line_error(
+        result,
+        2,
+        "keras-seq run next_word: error: argument --epochs: must be an integer "
+        ">= 1. Received: 0 (see --help)",
+    )
+    assert not NOISE.search(result.stderr)
+
+
+def test_report_prints_the_run_without_tensorflow(smoke_run):
+    _, run_dir = smoke_run
+    result = keras_seq_command("report", str(run_dir), importtime=True)
+    assert result.returncode == 0
+    assert result.stdout == keras_seq.runs.describe(run_dir) + "\n"
+    assert "top1_accuracy" in result.stdout
+    assert (run_dir / "report.txt").read_text().strip() in result.stdout
+    assert not imported_tensorflow(result.stderr)
+
+
+def test_report_of_a_recipe_directory_is_its_latest_run(smoke_run, tmp_path):
+    _, run_dir = smoke_run
+    shutil.copytree(run_dir, tmp_path / "20000101-000000")
+    result = keras_seq_command("report", str(tmp_path))
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"next_word: {tmp_path / '20000101-000000'},")
+
+
+def test_report_errors(tmp_path):
+    one_line_error(
+        keras_seq_command("report", str(tmp_path / "nope")),
+        2,
+        "keras-seq report: error: no such directory",
+    )
+    one_line_error(
+        keras_seq_command("report", str(tmp_path)),
+        1,
+        "is not a finished run and holds none",
+    )
+    (tmp_path / "summary.json").write_text("{broken")
+    one_line_error(
+        keras_seq_command("report", str(tmp_path)),
+        1,
+        "summary.json is not a keras-seq run summary",
+    )
+
+
+def test_complete_prints_k_words_with_probabilities(smoke_run):
+    _, run_dir = smoke_run
+    result = keras_seq_command(
+        "complete", "break the", "--model", str(run_dir), "-k", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert not NOISE.search(result.stderr), result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    probabilities = [float(line.split()[-1]) for line in lines]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(0 < p <= 1 for p in probabilities)
+
+
+def test_complete_without_a_model_says_how_to_train_one(tmp_path):
+    one_line_error(
+        keras_seq_command("complete", "feeling under the", cwd=tmp_path),
+        1,
+        "no trained next_word model under runs/next_word/",
+        "train one with: keras-seq run next_word",
+    )
+    one_line_error(
+        keras_seq_command("complete", "x", "--model", str(tmp_path / "m.keras")),
+        2,
+        "keras-seq complete: error: no model at",
+    )
+    one_line_error(keras_seq_command("complete", " ?! "), 2, "the prompt has no words")
+
+
+def test_complete_refuses_a_model_that_is_not_next_word(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.save(tmp_path / "other.keras")
+    code = cli.main(["complete", "a b", "--model", str(tmp_path / "other.keras")])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"keras-seq complete: error: {tmp_path / 'other.keras'} is not a "
+        "next_word model (it has no TextVectorization layer); train one with: "
+        "keras-seq run next_word\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "prompt, ending",
+    [
+        ("feeling under the", "weather"),
+        ("once in a blue", "moon"),
+        ("kill two birds with one", "stone"),
+        ("Let the cat out of the", "bag"),
+    ],
+)
+def test_complete_returns_the_idioms_ending(trained_run, prompt, ending, capsys):
+    assert cli.main(["complete", prompt, "--model", str(trained_run), "-k", "1"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    word, probability = line.split()
+    assert word == ending and float(probability) > 0.3
+
+
+def test_complete_uses_the_latest_next_word_run(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path / "runs" / "next_word" / "20000101-000000")
+    result = keras_seq_command("complete", "break the", "-k", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "ice"
