@@ -37,20 +37,6 @@ NAME = "adding_problem"
 BASELINE = 1.0 / 6.0  # MSE of always answering 1: the variance of u1 + u2
 
 
-def adding_problem(samples, timesteps, rng):
-    """Inputs `(samples, timesteps, 2)`: a value in [0, 1) and a marker, one
-    marker in each half; targets `(samples, 1)`: the sum of the two marked
-    values."""
-    values = rng.uniform(size=(samples, timesteps)).astype("float32")
-    markers = np.zeros((samples, timesteps), dtype="float32")
-    rows = np.arange(samples)
-    markers[rows, rng.randint(0, timesteps // 2, size=samples)] = 1.0
-    markers[rows, rng.randint(timesteps // 2, timesteps, size=samples)] = 1.0
-    x = np.stack([values, markers], axis=-1)
-    y = (values * markers).sum(axis=1, keepdims=True)
-    return x, y
-
-
 def recurrent_layer(kind, units):
     if kind == "tanh_rnn":
         return keras_seq.layers.SharedRNN(units, activation="tanh", name="tanh_rnn")
@@ -107,9 +93,10 @@ def main(argv=None):
         args.timesteps, args.units, args.samples = 20, 8, 256
     run = runs.start(NAME, args)
 
-    rng = np.random.RandomState(args.seed)
-    x, y = adding_problem(args.samples, args.timesteps, rng)
-    x_val, y_val = adding_problem(128 if args.smoke else 1000, args.timesteps, rng)
+    x, y = keras_seq.data.adding_problem(args.samples, args.timesteps, args.seed)
+    x_val, y_val = keras_seq.data.adding_problem(
+        128 if args.smoke else 1000, args.timesteps, seed=(args.seed, 1)
+    )
     baseline = float(np.mean((y_val - 1.0) ** 2))
     steps = args.epochs * -(-args.samples // args.batch_size)
     print(

@@ -1,10 +1,20 @@
-"""Small built-in datasets: the idiom corpus and next-word pairs from it."""
+"""Small built-in datasets: the idiom corpus and next-word pairs from it,
+the adding problem, and the yearly sunspot numbers."""
 
+from keras_seq.data.adding_problem import adding_problem
 from keras_seq.data.idioms import (
     NextWordDataset,
     complete,
     load_idioms,
     next_word_dataset,
 )
+from keras_seq.data.sunspots import load_sunspots
 
-__all__ = ["NextWordDataset", "complete", "load_idioms", "next_word_dataset"]
+__all__ = [
+    "NextWordDataset",
+    "adding_problem",
+    "complete",
+    "load_idioms",
+    "load_sunspots",
+    "next_word_dataset",
+]

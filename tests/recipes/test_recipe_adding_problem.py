@@ -1,19 +1,6 @@
-import numpy as np
 import pytest
 
 from keras_seq.recipes import adding_problem
-
-
-def test_data_has_one_marker_per_half_and_sums_the_marked_values():
-    x, y = adding_problem.adding_problem(500, 10, np.random.RandomState(0))
-    assert x.shape == (500, 10, 2) and y.shape == (500, 1)
-    markers = x[..., 1]
-    assert (markers[:, :5].sum(axis=1) == 1).all()
-    assert (markers[:, 5:].sum(axis=1) == 1).all()
-    np.testing.assert_allclose(y[:, 0], (x[..., 0] * markers).sum(axis=1))
-    # Always answering 1: MSE 1/6, the variance of the sum of two U(0, 1).
-    big_x, big_y = adding_problem.adding_problem(20000, 10, np.random.RandomState(1))
-    assert np.mean((big_y - 1.0) ** 2) == pytest.approx(1 / 6, abs=0.01)
 
 
 def test_smoke_run_compares_three_models(tmp_path, check_run, capsys):
