@@ -75,7 +75,10 @@ class GradientMonitor(keras.callbacks.Callback):
             gradients and end `fit` after that step, keeping the weights of
             the last good step. `"skip"`: do not apply it and go on (weights
             and optimizer state unchanged, the count is recorded). `"warn"`:
-            apply it as Keras would and warn.
+            apply it as Keras would and warn. A gradient counts as non-finite
+            when an element is NaN/Inf or the sum of its squares overflows
+            float32 (an element above ~1.8e19): Adam's second moment would
+            turn such a gradient into NaN weights.
         on_explode: `"warn"` (default) or `"stop"` when the global norm
             explodes (see `keras_seq.diagnostics.is_exploding`).
         histograms: Default False. Write gradient histograms (copies every

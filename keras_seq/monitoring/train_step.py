@@ -172,14 +172,20 @@ def _dense(grad, variable):
 
 
 def _sums(grads):
+    # Sums of squares, not of values: a gradient whose squared norm
+    # overflows float32 (an element above ~1.8e19) is as fatal as an Inf
+    # (Adam's second moment becomes Inf, then Inf - Inf = NaN; clipnorm's
+    # norm is Inf), so the guard treats it as non-finite.
     return [
-        tf.reduce_sum(tf.cast(_values(g), tf.float32)) for g in grads if g is not None
+        tf.reduce_sum(tf.square(tf.cast(_values(g), tf.float32)))
+        for g in grads
+        if g is not None
     ]
 
 
 def _finite(sums):
-    # A sum is finite iff every term is (one that overflows float32 counts as
-    # non-finite, which is no loss): one reduction per gradient.
+    # A sum of squares is finite iff every element is finite and none
+    # overflows when squared: one reduction per gradient.
     return tf.math.is_finite(tf.add_n(sums))
 
 

@@ -134,3 +134,37 @@ def test_moving_to_another_model_restarts_the_jump_baseline():
     assert monitor.diagnosis().exploding_steps == []
     assert not large.stop_training
     assert monitor.to_frame().step.tolist() == list(range(8))
+
+
+@pytest.mark.parametrize("every", [1, 2], ids=["recorded", "light"])
+def test_skip_guards_adam_from_a_gradient_whose_square_overflows(every):
+    # Linear recurrence, inputs ~1e21, mean absolute error: the loss and every
+    # gradient element are finite (~1e20), but their squares are not, so
+    # Adam's second moment would become Inf, then Inf - Inf = NaN.
+    x = np.full((4, 3, 2), 1e21, "float32")
+    y = np.zeros((4, 1), "float32")
+    data = tf.data.Dataset.from_tensors((x, y)).concatenate(
+        tf.data.Dataset.from_tensors((x * 0, y))  # then a harmless batch
+    )
+
+    def train(on_nan):
+        keras.utils.set_random_seed(0)
+        model = _model(
+            SharedRNN(3, activation="linear", name="rnn"),
+            3,
+            loss="mae",
+            optimizer=keras.optimizers.Adam(),
+        )
+        monitor = GradientMonitor(every=every, on_nan=on_nan)
+        model.fit(data, verbose=0, callbacks=[monitor])
+        return model, monitor
+
+    model, monitor = train("skip")
+    assert monitor.skipped_steps == 1
+    assert monitor.diagnosis().nonfinite.step == 0
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert all(np.isfinite(v.numpy()).all() for v in model.optimizer.variables)
+
+    unguarded, monitor = train("warn")
+    assert monitor.skipped_steps == 0
+    assert not all(np.isfinite(w).all() for w in unguarded.get_weights())
