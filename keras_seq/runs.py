@@ -27,6 +27,7 @@ current directory unless `--log-dir` says otherwise, holds:
 
     train/, validation/          keras.callbacks.TensorBoard's event files
     gradients/                   the GradientMonitor's event files
+    figures/, <name>.png         pictures saved with `run.save_figure`
     model.keras                  the trained model
     gradients.parquet            monitor.to_frame(), one row per recorded step
     gradients_timesteps.parquet  monitor.timestep_frame()
@@ -227,6 +228,7 @@ class Run:
         self.args = args
         self.started = time.time()
         self._models = {}
+        self._figures = {}
 
     def __repr__(self):
         return f"<keras_seq.runs.Run {self.name!r} in {str(self.dir)!r}>"
@@ -243,7 +245,7 @@ class Run:
 
     def progress(self, every=1, label=None):
         """A Keras callback printing one line per `every` epochs (and the
-        last): the epoch, the logged metrics and the seconds since the fit
+        last, also when training stops early): the epoch, the logged metrics and the seconds since the fit
         began. Use it with `fit(..., verbose=0)` where Keras's progress bar
         would print two lines per short epoch.
 
@@ -257,19 +259,29 @@ class Run:
         import keras
 
         started = []
+        unprinted = []  # the last epoch's line, until printed
         prefix = f"{label}: " if label else ""
 
         def on_epoch_end(epoch, logs=None):
             total = callback.params.get("epochs")
-            if (epoch + 1) % every and epoch + 1 != total:
-                return
             shown = "  ".join(f"{key} {value:.4g}" for key, value in logs.items())
             seconds = time.perf_counter() - started[-1]
-            print(f"{prefix}epoch {epoch + 1}/{total}  {shown}  ({seconds:.0f} s)")
+            unprinted[:] = [
+                f"{prefix}epoch {epoch + 1}/{total}  {shown}  ({seconds:.0f} s)"
+            ]
+            if (epoch + 1) % every == 0 or epoch + 1 == total:
+                print(unprinted.pop())
+
+        def on_train_end(logs=None):
+            # A fit that stopped early (EarlyStopping, on_nan="stop") still
+            # shows its last epoch.
+            if unprinted:
+                print(unprinted.pop())
 
         callback = keras.callbacks.LambdaCallback(
             on_train_begin=lambda logs=None: started.append(time.perf_counter()),
             on_epoch_end=on_epoch_end,
+            on_train_end=on_train_end,
         )
         return callback
 
@@ -308,6 +320,34 @@ class Run:
         self._models[label or _DEFAULT_LABEL] = entry
         return files
 
+    def save_figure(self, figure, name, step=0):
+        """Saves a matplotlib figure as `<name>.png` in the run directory
+        and as the image `figures/<name>` of the TensorBoard run
+        `<run dir>/figures` (Images tab), at training step `step`.
+
+        Args:
+            figure: A `matplotlib.figure.Figure`.
+            name: Its file and tag name (letters, digits, `_`, `-`, `.`).
+            step: Integer, the step TensorBoard shows it at (default 0).
+
+        Returns:
+            The `pathlib.Path` of the PNG file.
+        """
+        import numpy as np
+        import tensorflow as tf
+
+        _check_label(name)
+        path = self.dir / f"{name}.png"
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        figure.canvas.draw()
+        pixels = np.asarray(figure.canvas.buffer_rgba())[None, ..., :3]
+        writer = tf.summary.create_file_writer(str(self.dir / "figures"))
+        with writer.as_default(step=int(step)):
+            tf.summary.image(f"figures/{name}", pixels)
+        writer.close()
+        self._figures[name] = path.name
+        return path
+
     def finish(self, figures, tables=None, notes=()):
         """Writes `summary.json` and prints the run's description.
 
@@ -339,6 +379,7 @@ class Run:
             },
             "notes": [str(note) for note in notes],
             "models": self._models,
+            "pictures": dict(self._figures),
         }
         text = json.dumps(summary, indent=2, allow_nan=True) + "\n"
         (self.dir / _SUMMARY_FILE).write_text(text, encoding="utf-8")
@@ -483,6 +524,13 @@ def describe(run_dir):
         except OSError:
             text = f"(missing: {report})"
         lines += ["", f"{heading} ({report}):", text]
+    pictures = summary.get("pictures") or {}
+    if pictures:
+        lines.append("")
+        lines += [
+            f"Picture {name}: {_shown(run_dir / file)}"
+            for name, file in pictures.items()
+        ]
     lines += ["", f"TensorBoard: {tensorboard_command(run_dir)}"]
     return "\n".join(lines)
 

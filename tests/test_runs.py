@@ -181,3 +181,57 @@ def test_label_must_be_a_plain_name(tmp_path):
     for label in ("", "../up", "a/b", ".hidden", 3):
         with pytest.raises(ValueError, match="Argument `label` must be"):
             run.log_dir(label)
+
+
+def _tiny_fit(callbacks, epochs):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+    model.fit(x, y, epochs=epochs, verbose=0, callbacks=callbacks)
+
+
+def test_progress_prints_every_nth_epoch_and_the_last(capsys):
+    run = runs.Run("demo", ".", parse([]))
+    _tiny_fit([run.progress(every=3, label="m")], epochs=5)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["m: epoch 3/5", "m: epoch 5/5"]
+    assert "loss " in lines[0]
+
+
+def test_progress_prints_the_last_epoch_of_a_fit_stopped_early(capsys):
+    class StopAtSecond(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch == 1
+
+    run = runs.Run("demo", ".", parse([]))
+    _tiny_fit([StopAtSecond(), run.progress(every=10)], epochs=30)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["epoch 2/30"]
+
+
+def test_save_figure_writes_a_png_and_a_tensorboard_image(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from tensorboard.backend.event_processing import event_accumulator
+
+    run = runs.start("demo", parse(["--log-dir", str(tmp_path)]))
+    figure, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1], [1, 0])
+    path = run.save_figure(figure, "curve", step=7)
+    plt.close(figure)
+    assert path == tmp_path / "curve.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    accumulator = event_accumulator.EventAccumulator(
+        str(tmp_path / "figures"), size_guidance={"tensors": 0}
+    ).Reload()
+    (event,) = accumulator.Tensors("figures/curve")
+    assert event.step == 7
+    width, height = (int(v) for v in event.tensor_proto.string_val[:2])
+    assert (width, height) == (200, 150)  # 2 x 1.5 inches at 100 dpi
+    summary = run.finish({})
+    assert summary["pictures"] == {"curve": "curve.png"}
+    assert "Picture curve: " in runs.describe(tmp_path)
+    with pytest.raises(ValueError, match="Argument `label`"):
+        run.save_figure(figure, "../outside")
