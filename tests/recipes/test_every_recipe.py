@@ -20,7 +20,15 @@ NAMES = sorted(
 
 
 def test_the_recipes_of_this_issue_are_there():
-    assert {"next_word", "adding_problem", "depth_reduction"} <= set(NAMES)
+    assert set(NAMES) == {
+        "next_word",
+        "adding_problem",
+        "vanishing_gradients",
+        "exploding_gradients",
+        "depth_reduction",
+        "timeseries",
+        "bidirectional_tagging",
+    }
     assert not (RECIPES_DIR / "next_word_idioms.py").exists()
 
 
