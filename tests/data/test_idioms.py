@@ -43,7 +43,14 @@ def tiny_model():
 
 def test_all_matches_public_names():
     assert sorted(keras_seq.data.__all__) == sorted(
-        ["NextWordDataset", "complete", "load_idioms", "next_word_dataset"]
+        [
+            "NextWordDataset",
+            "adding_problem",
+            "complete",
+            "load_idioms",
+            "load_sunspots",
+            "next_word_dataset",
+        ]
     )
     for name in keras_seq.data.__all__:
         assert hasattr(keras_seq.data, name)
