@@ -23,7 +23,15 @@ def _fresh_keras_state():
     keras.utils.set_random_seed(1234)
     yield
     keras.config.set_dtype_policy("float32")
-    keras.utils.clear_session()
+    # Python's full garbage collection only every 25th test: late in the
+    # suite one took ~1.5 s (the process holds every traced graph), which
+    # after every test was over half the suite's time; never collecting let
+    # garbage pile up and made the automatic collections slower still.
+    _finished_tests[0] += 1
+    keras.utils.clear_session(free_memory=_finished_tests[0] % 25 == 0)
+
+
+_finished_tests = [0]
 
 
 @pytest.fixture
