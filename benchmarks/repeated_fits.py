@@ -30,11 +30,13 @@ BATCH, STEPS, FEATURES, UNITS, BATCHES = 64, 100, 32, 128, 10
 FITS = 10
 TARGET = 1.3  # later monitored fit / later unmonitored fit
 NONE = "no monitor"
-# name -> GradientMonitor arguments (None: no monitor); every=1 is the default.
+# name -> GradientMonitor arguments (None: no monitor). every=1 records every
+# step (the worst case); GradientMonitor() is the library's defaults.
 VARIANTS = {
     NONE: None,
     "GradientMonitor(every=1)": {"every": 1},
     "GradientMonitor(every=5)": {"every": 5},
+    "GradientMonitor() (defaults)": {},
 }
 
 
