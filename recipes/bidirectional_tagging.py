@@ -12,7 +12,7 @@ with a GradientMonitor (the Bidirectional's two directions are monitored as
 two layers); the one-directional model gets 64 units against 2 x 32, so it
 has more weights. Prints per-token validation accuracy side by side.
 
-Runtime: ~20 s on 2 CPU cores (--smoke: ~10 s).
+Runtime: ~15 s on 2 CPU cores (--smoke: ~10 s).
 
     keras-seq run bidirectional_tagging [--timesteps 20] [--epochs 4]
     python recipes/bidirectional_tagging.py [same options]

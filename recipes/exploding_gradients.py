@@ -21,7 +21,7 @@ Prints the comparison: final loss, whether the weights are finite, the
 first exploding and non-finite steps, the skipped updates and the largest
 gradient norm. Each run's gradients are in TensorBoard (`<label>/gradients`).
 
-Runtime: ~15 s on 2 CPU cores (--smoke: the same run).
+Runtime: ~10 s on 2 CPU cores (--smoke: the same run).
 
     keras-seq run exploding_gradients [--gain 2.0] [--learning-rate 0.05]
     python recipes/exploding_gradients.py [same options]

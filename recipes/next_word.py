@@ -10,7 +10,7 @@ prints completions with their probabilities, and saves the model with the
 TextVectorization in front, so that it reads raw text:
 `keras-seq complete "once in a blue"`.
 
-Runtime: ~30 s on 2 CPU cores (--smoke: ~5 s).
+Runtime: ~35 s on 2 CPU cores (--smoke: ~5 s).
 
     keras-seq run next_word [--epochs 40] [--units 128] [--seed 0]
     python recipes/next_word.py [same options]

@@ -13,7 +13,7 @@ the mean absolute error on the held-out tail against the naive forecast
 (the last value again), and plots forecast against truth
 (`forecast.png`, and TensorBoard's Images tab).
 
-Runtime: ~20 s on 2 CPU cores (--smoke: ~5 s).
+Runtime: ~10 s on 2 CPU cores (--smoke: ~5 s).
 
     keras-seq run timeseries [--window 20] [--epochs 100]
     keras-seq run timeseries --csv data.csv --target sales

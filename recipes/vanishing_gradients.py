@@ -23,7 +23,7 @@ step down) side by side on one colour scale, with the decay curves, to
 model's own heatmaps and decay plot are in its run's Images tab); prints
 each model's horizon, decay per step and verdict.
 
-Runtime: ~70 s on 2 CPU cores (--smoke: ~10 s).
+Runtime: ~40 s on 2 CPU cores (--smoke: ~10 s).
 
     keras-seq run vanishing_gradients [--timesteps 50] [--epochs 10]
     python recipes/vanishing_gradients.py [same options]
