@@ -50,4 +50,5 @@ def test_wheel_holds_the_recipes_and_the_command(tmp_path):
     recipes = {p.name for p in (ROOT / "recipes").glob("*.py")}
     assert {f"keras_seq/recipes/{name}" for name in recipes} <= names
     assert "keras_seq/cli.py" in names and "keras_seq/runs.py" in names
+    assert "keras_seq/data/sunspots.csv" in names  # package data
     assert "keras-seq = keras_seq.cli:main" in scripts
