@@ -27,6 +27,12 @@ def test_every_package_is_listed():
     setuptools = pyproject()["tool"]["setuptools"]
     assert set(setuptools["packages"]) == on_disk | {"keras_seq.recipes"}
     assert setuptools["package-dir"] == {"keras_seq.recipes": "recipes"}
+    # Data files the package reads at run time ship as package data.
+    data_files = {
+        path.name for path in (ROOT / "keras_seq").rglob("*") if path.suffix == ".csv"
+    }
+    assert data_files == {"sunspots.csv"}
+    assert setuptools["package-data"] == {"keras_seq.data": ["*.csv"]}
 
 
 def test_console_script():
