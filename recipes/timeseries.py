@@ -41,12 +41,14 @@ VALIDATION_FRACTION = 0.15  # of the training part, at its end
 
 
 def read_series(parser, csv, target):
-    """The target column as float64 values, or one line and exit code 2
-    (through `parser.error`) saying what is wrong with the data."""
+    """`(values, times, time_label, target, source)`: the target column as
+    float64 values and what to put on the time axis, or one line and exit
+    code 2 (through `parser.error`) saying what is wrong with the data."""
     if csv is None:
         frame = keras_seq.data.load_sunspots()
         target = target or DEFAULT_TARGET
         source = "yearly sunspot numbers 1700-2008"
+        times, time_label = frame.YEAR.to_numpy(), "year"
     else:
         if not csv.is_file():
             parser.error(f"--csv: no such file: {csv}")
@@ -57,6 +59,7 @@ def read_series(parser, csv, target):
             reason = " ".join(str(error).split())
             parser.error(f"--csv: cannot read {csv} as CSV: {reason}")
         source = str(csv)
+        times, time_label = np.arange(1, len(frame) + 1), "data row"
     columns = [str(c) for c in frame.columns]
     if target is None:
         if len(columns) != 1:
@@ -80,7 +83,7 @@ def read_series(parser, csv, target):
             f"{int(bad.sum())} value(s) are not, the first in data row "
             f"{row + 1} ({str(raw.iloc[row])!r})"
         )
-    return values.to_numpy(dtype="float64"), target, source
+    return values.to_numpy(dtype="float64"), times, time_label, target, source
 
 
 def windows(series, window, batch_size, shuffle=False, seed=None):
@@ -95,12 +98,12 @@ def windows(series, window, batch_size, shuffle=False, seed=None):
     )
 
 
-def forecast_figure(index, truth, forecast, naive, target):
+def forecast_figure(times, time_label, truth, forecast, naive, target):
     figure, ax = plt.subplots(figsize=(9, 3.5))
-    ax.plot(index, truth, color="black", label="truth")
-    ax.plot(index, forecast, label="SharedRNN forecast")
-    ax.plot(index, naive, linestyle=":", label="naive (last value)")
-    ax.set_xlabel("row" if index.dtype.kind not in "iu" else "time")
+    ax.plot(times, truth, color="black", label="truth")
+    ax.plot(times, forecast, label="SharedRNN forecast")
+    ax.plot(times, naive, linestyle=":", label="naive (last value)")
+    ax.set_xlabel(time_label)
     ax.set_ylabel(target)
     ax.set_title(f"One step ahead on the held-out tail: {target}")
     ax.legend(fontsize=8)
@@ -152,7 +155,9 @@ def main(argv=None):
         parser.error(
             f"--test-fraction must be between 0 and 1. Received: {args.test_fraction}"
         )
-    series, target, source = read_series(parser, args.csv, args.target)
+    series, times, time_label, target, source = read_series(
+        parser, args.csv, args.target
+    )
     rows = len(series)
     test_rows = int(round(rows * args.test_fraction))
     train_rows = rows - test_rows
@@ -222,11 +227,9 @@ def main(argv=None):
     naive = series[train_rows - 1 : -1]  # the value one step before each
     mae = float(np.mean(np.abs(forecast - truth)))
     naive_mae = float(np.mean(np.abs(naive - truth)))
-    if args.csv is None:
-        index = keras_seq.data.load_sunspots().YEAR.to_numpy()[train_rows:]
-    else:
-        index = np.arange(train_rows, rows)
-    figure = forecast_figure(index, truth, forecast, naive, target)
+    figure = forecast_figure(
+        times[train_rows:], time_label, truth, forecast, naive, target
+    )
     run.save_figure(figure, "forecast", step=monitor.steps - 1)
     plt.close(figure)
 

@@ -18,6 +18,9 @@ def assert_close(actual, expected, tol=1e-5):
     assert error <= tol * scale, f"max error {error:.3g} > {tol:g} * {scale:.3g}"
 
 
+_finished_tests = [0]
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     keras.utils.set_random_seed(1234)
@@ -29,9 +32,6 @@ def _fresh_keras_state():
     # garbage pile up and made the automatic collections slower still.
     _finished_tests[0] += 1
     keras.utils.clear_session(free_memory=_finished_tests[0] % 25 == 0)
-
-
-_finished_tests = [0]
 
 
 @pytest.fixture

@@ -94,3 +94,16 @@ def test_data_errors_are_one_line(tmp_path, capsys):
     err = _error(["--test-fraction", "1.5"], capsys)
     assert "--test-fraction must be between 0 and 1. Received: 1.5" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_forecast_figure_plots_against_the_given_times():
+    times = np.array([1990, 1991, 1992])
+    figure = timeseries.forecast_figure(
+        times, "year", [1.0, 2.0, 3.0], [1.5, 2.0, 2.5], [0.0, 1.0, 2.0], "spots"
+    )
+    (ax,) = figure.axes
+    assert ax.get_xlabel() == "year" and ax.get_ylabel() == "spots"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert sorted(lines) == ["SharedRNN forecast", "naive (last value)", "truth"]
+    np.testing.assert_array_equal(lines["truth"].get_xdata(), times)
+    np.testing.assert_array_equal(lines["naive (last value)"].get_ydata(), [0, 1, 2])
