@@ -1,15 +1,18 @@
 import os
 import pathlib
+import socket
+import time
 import warnings
 
 import keras
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pa_compute
 import tensorflow as tf
 
 from keras_seq import _validation as validation
 from keras_seq import diagnostics, monitoring
-from keras_seq.callbacks import figures
+from keras_seq.callbacks import figures, journal
 from keras_seq.callbacks.timestep_store import TimestepStore
 
 _ON_NAN = ("stop", "skip", "warn")
@@ -63,6 +66,24 @@ class GradientMonitor(keras.callbacks.Callback):
     - text, at each epoch end: `gradients/diagnosis`, the `report()` table.
 
     Sublayers are named `<layer name>/level_<i>`.
+
+    Crashes and restarts (with a `log_dir`): the monitor numbers training
+    steps from the optimizer's step count as it stands at the first batch,
+    after `keras.callbacks.BackupAndRestore` restored it, plus the steps
+    skipped for non-finite gradients. It keeps a journal under
+    `<log_dir>/gradients/state/` (see `keras_seq.callbacks.journal`): each
+    recorded step's frame row, variable norms and per-time-step rows, each
+    non-finite step, and each fit's first step, appended and flushed to the
+    operating system as each step is recorded (it survives a killed
+    process, not a power loss), after that step's TensorBoard scalars. A new
+    monitor given a `log_dir` that holds a journal (the same command started
+    again) continues it: its frames begin with what the earlier run recorded
+    before the step the restored optimizer stands for, the steps run again
+    after that appear once (the new run's), and a `SessionLog.START` event at
+    that step makes TensorBoard drop the earlier run's points from there on.
+    A crash inside a step's own write loses that step's record only. One
+    `log_dir` holds one training run: a fresh model in it (step 0) starts the
+    frames and the TensorBoard run over. Without a `log_dir` nothing is kept.
 
     Args:
         log_dir: Optional TensorBoard log directory (default None: no files).
@@ -217,6 +238,9 @@ class GradientMonitor(keras.callbacks.Callback):
         self._next_step = 0  # index of the next training step
         self._bad_seen = 0  # non-finite steps already reported
         self._epoch = 0
+        self._journal = None  # journal.Journal, with a log_dir
+        self._starting = False  # a fit began; its first batch not yet
+        self._fits_on_model = 0
 
     # -- attaching -----------------------------------------------------------
 
@@ -224,20 +248,18 @@ class GradientMonitor(keras.callbacks.Callback):
         monitoring.check_model(model)
         super().set_model(model)
         if self._counters is None or self._counters_model is not model:
-            optimizer = getattr(model, "optimizer", None)
-            start = 0 if optimizer is None else int(optimizer.iterations.numpy())
-            # Moved to another model (a stage of fit_reducing_depth, say):
-            # training steps keep counting on one timeline.
-            start = max(start, self._next_step)
             with model.distribute_strategy.scope():
                 # Counted in the graph on every step, so steps inside one
-                # execution (steps_per_execution > 1) are not missed.
+                # execution (steps_per_execution > 1) are not missed. The
+                # first step is set when the first batch begins (`_begin_fit`),
+                # after `BackupAndRestore` restored the optimizer.
                 self._counters = tf.Variable(
-                    [start, 0, -1, -1],
+                    [self._next_step, 0, -1, -1],
                     dtype=tf.int64,
                     trainable=False,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
+            self._fits_on_model = 0
             self._counters_model = model
             self._levels = None  # found at the first record, once built
             self._latest, self._latest_depth = {}, None  # the old model's
@@ -263,12 +285,97 @@ class GradientMonitor(keras.callbacks.Callback):
         self._training.install()
         self._fit += 1
         self._next_step, self._bad_seen = (int(v) for v in self._counters.numpy()[:2])
+        # Callbacks later in the list (BackupAndRestore) may still restore
+        # the optimizer's step count: it is read at the first batch.
+        self._starting = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_decay = {}
 
+    def _begin_fit(self):
+        """Set the step of the fit's first batch, once every callback's
+        `on_train_begin` ran (`BackupAndRestore` restores the optimizer
+        there): the first fit on a model starts at the optimizer's restored
+        step count (or after the steps already recorded on another model);
+        a monitor with a `log_dir` holding an earlier run's journal resumes
+        it (see `keras_seq.callbacks.journal`)."""
+        self._starting = False
+        iterations = _iterations(self.model)
+        step, bad = self._next_step, self._bad_seen
+        if self._fits_on_model == 0:
+            step = max(iterations, self._next_step)
+            if self._fit == 0 and self.log_dir is not None:
+                step, bad = self._resume(iterations, default=(step, bad))
+                # TensorBoard's readers take a run's first START as its
+                # beginning and every later one as a restart at its step.
+                _write_session_start(pathlib.Path(self.log_dir) / "gradients", step)
+            self._counters.assign([step, bad, -1, -1])
+        self._fits_on_model += 1
+        self._next_step, self._bad_seen = step, bad
+        if self.log_dir is not None:
+            if self._journal is None:
+                self._journal = journal.Journal(
+                    pathlib.Path(self.log_dir) / "gradients" / journal.STATE_DIR,
+                    _TIMESTEP_COLUMNS,
+                )
+            self._journal.start(step, iterations, self._fit)
+
+    def _resume(self, iterations, default):
+        """Take over an earlier process's journal under `log_dir`: keep what
+        it recorded before the step `iterations` stands for, and return that
+        step and the count of non-finite steps before it."""
+        directory = pathlib.Path(self.log_dir) / "gradients"
+        history = journal.load(directory / journal.STATE_DIR)
+        if not history.entries:
+            return default
+        step = history.resume_step(iterations)
+        step = iterations if step is None else step
+        history.purge_from(step)
+        self._fit = history.last_fit + 1
+        for line in history.records:
+            row = line["row"]
+            self.records.append(row)
+            self._variable_norms.append(
+                (
+                    row["step"],
+                    row["fit"],
+                    line["variables"],
+                    line["layers"],
+                    np.asarray(line["norms"], np.float64),
+                )
+            )
+            if line["exploding"]:
+                self._exploding_steps.append(row["step"])
+            table = history.timesteps.get((row["step"], row["fit"]))
+            if table is not None:
+                for layer in dict.fromkeys(table.column("layer").to_pylist()):
+                    part = table.filter(pa_compute.equal(table["layer"], layer))
+                    self._timestep_store().append(
+                        row["step"],
+                        layer,
+                        {c: part[c].to_numpy() for c in _TIMESTEP_COLUMNS},
+                        fit=row["fit"],
+                    )
+        bad = 0
+        for line in history.nonfinite:
+            bad += line["count"]
+            self.skipped_steps += line["skipped"]
+            if self._nonfinite is None:
+                here = line["first"] == line["step"]
+                self._nonfinite = diagnostics.NonFinite(
+                    line["first"],
+                    line["layer"] if here else None,
+                    line["timestep"] if here else None,
+                )
+        # The START event `_begin_fit` writes at `step` hides the events the
+        # earlier run wrote from `step` on; the layout at step 0 stays.
+        self._layout_written = step > 0
+        return step, bad
+
     def on_train_batch_begin(self, batch, logs=None):
+        if self._starting:
+            self._begin_fit()
         # Record an execution (steps_per_execution steps) holding a multiple
         # of `every`; its last step's statistics come back.
         first = self._next_step
@@ -292,7 +399,18 @@ class GradientMonitor(keras.callbacks.Callback):
                 # Several bad steps in one execution: the diagnosis names the
                 # first, which was not recorded.
                 self._nonfinite = diagnostics.NonFinite(first_bad, None, None)
+            skipped_before = self.skipped_steps
             self._on_nonfinite(last_bad, *location, count=new_bad)
+            if self._journal is not None:
+                self._journal.nonfinite(
+                    last_bad,
+                    first_bad,
+                    new_bad,
+                    steps,
+                    _iterations(self.model),
+                    skipped=self.skipped_steps - skipped_before,
+                    location=location,
+                )
 
     def on_epoch_end(self, epoch, logs=None):
         if self.log_dir is None or not self.records:
@@ -306,6 +424,8 @@ class GradientMonitor(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._training.uninstall()
+        if self._journal is not None:
+            self._journal.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -394,6 +514,20 @@ class GradientMonitor(keras.callbacks.Callback):
             self._exploding_steps.append(step)
         if self.log_dir is not None:
             self._write_scalars(row, statistics)
+            # Scalars reach the file first, then the journal commits the
+            # record: a crash between them loses no TensorBoard point.
+            self._writer.flush()
+            self._journal.record(
+                row,
+                self._training.variable_names,
+                self._training.layer_names,
+                stats["variable_norms"],
+                exploding,
+                {
+                    name: {c: np.asarray(values[c]) for c in _TIMESTEP_COLUMNS}
+                    for name, values in statistics["sublayers"].items()
+                },
+            )
         location = (None, None)
         if not finite:
             norms = {
@@ -738,6 +872,37 @@ class GradientMonitor(keras.callbacks.Callback):
     def report(self):
         """The diagnosis as plain text."""
         return self.diagnosis().report()
+
+
+def _iterations(model):
+    """The optimizer's count of applied updates (0 without an optimizer)."""
+    optimizer = getattr(model, "optimizer", None)
+    return 0 if optimizer is None else int(optimizer.iterations.numpy())
+
+
+def _write_session_start(directory, step):
+    """An event file holding `SessionLog(status=START)` at `step`. Readers
+    with `purge_orphaned_data` (TensorBoard's default) take a run's first
+    START as its beginning and drop, at each later one, the events at or
+    after its step that earlier files hold: the steps a resumed run trains
+    again. Named to sort after every earlier file and before the file this
+    process's summary writer opens next (in the same second `.0-` sorts
+    before a process id)."""
+    from tensorboard.compat.proto import event_pb2
+
+    now = time.time()
+    events = [
+        event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+        event_pb2.Event(
+            wall_time=now,
+            step=int(step),
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+        ),
+    ]
+    name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.0-session-start"
+    with tf.io.TFRecordWriter(str(pathlib.Path(directory) / name)) as writer:
+        for event in events:
+            writer.write(event.SerializeToString())
 
 
 def _stack_levels(model):

@@ -1,0 +1,267 @@
+"""What a `GradientMonitor` with a `log_dir` keeps on disk to survive a crash.
+
+Under `<log_dir>/gradients/state/`, each process that trains with the
+monitor writes one *segment*, numbered in the order they started:
+
+- `segment-NNNNN.jsonl`: one JSON line per event, appended and flushed to
+  the operating system as it happens:
+  - `start`, when a `fit` takes its first step: the training step and the
+    optimizer's iteration count there, and the `fit` index;
+  - `nonfinite`, after a batch with non-finite gradients: the steps, how
+    many, and the optimizer's iteration count after them;
+  - `record`, after each recorded step: the `to_frame()` row, the variable
+    norms and whether the global norm was exploding. This line *commits*
+    the record: it is written last.
+- `segment-NNNNN.arrows`: an Arrow IPC stream with the per-time-step rows
+  of every recorded step (`timestep_frame()`), one batch per record,
+  written before the record's line.
+
+Reading (`load`) goes through the segments in order and treats a `start`
+at step s as TensorBoard treats a `SessionLog.START`: whatever an earlier
+segment holds at step >= s is dropped, since those steps were run again.
+A torn last line or batch (a crash inside the monitor's own write) ends its
+segment; rows of a record whose line is missing are dropped.
+
+Training steps count every batch, including those skipped for non-finite
+gradients, while the optimizer's `iterations` count applied updates only;
+the two differ by a constant between non-finite steps, so the `start` and
+`nonfinite` lines map a restored iteration count back to the training step
+it stands for (`resume_step`).
+"""
+
+import json
+import math
+import pathlib
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
+
+STATE_DIR = "state"
+_SEGMENT = re.compile(r"segment-(\d{5})\.jsonl$")
+_ROW_COLUMNS = (
+    ("layer", pa.string()),
+    ("step", pa.int64()),
+    ("fit", pa.int64()),
+    ("timestep", pa.int64()),
+)
+
+
+def _schema(columns):
+    fields = [pa.field(n, t) for n, t in _ROW_COLUMNS]
+    fields += [pa.field(c, pa.float64()) for c in columns]
+    return pa.schema(fields)
+
+
+def _plain(value):
+    """JSON-safe scalar: numpy scalars to Python, NaN/Inf as strings."""
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
+    return value
+
+
+def _unplain(value):
+    if isinstance(value, dict) and set(value) == {"float"}:
+        return float(value["float"])
+    return value
+
+
+class Journal:
+    """Appends one process's segment under `directory`."""
+
+    def __init__(self, directory, columns):
+        self.directory = pathlib.Path(directory)
+        self.columns = tuple(columns)
+        self._lines = None
+        self._rows = None
+        self._rows_writer = None
+
+    def _open(self):
+        if self._lines is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        index = 1 + max(
+            (int(m.group(1)) for m in map(_SEGMENT.search, self._names()) if m),
+            default=-1,
+        )
+        stem = self.directory / f"segment-{index:05d}"
+        self._lines = open(f"{stem}.jsonl", "a", encoding="utf-8")
+        self._rows = open(f"{stem}.arrows", "wb")
+
+    def _names(self):
+        return [p.name for p in self.directory.iterdir()]
+
+    def _write(self, line):
+        self._open()
+        self._lines.write(json.dumps(line) + "\n")
+        self._lines.flush()
+
+    def start(self, step, iterations, fit):
+        self._write(
+            {"kind": "start", "step": step, "iterations": iterations, "fit": fit}
+        )
+
+    def nonfinite(self, step, first, count, next_step, iterations, skipped, location):
+        layer, timestep = location
+        self._write(
+            {
+                "kind": "nonfinite",
+                "step": step,
+                "first": first,
+                "count": count,
+                "next_step": next_step,
+                "iterations": iterations,
+                "skipped": skipped,
+                "layer": layer,
+                "timestep": None if timestep is None else int(timestep),
+            }
+        )
+
+    def record(self, row, variables, layers, norms, exploding, timesteps):
+        """`timesteps`: {sublayer: {column: 1-D array}} of this step."""
+        self._open()
+        batch = _timestep_batch(
+            row["step"], row["fit"], timesteps, _schema(self.columns)
+        )
+        if batch is not None:
+            if self._rows_writer is None:
+                self._rows_writer = pa.ipc.new_stream(self._rows, batch.schema)
+            self._rows_writer.write_batch(batch)
+            self._rows.flush()
+        self._write(
+            {
+                "kind": "record",
+                "row": {k: _plain(v) for k, v in row.items()},
+                "variables": list(variables),
+                "layers": list(layers),
+                "norms": [_plain(float(n)) for n in norms],
+                "exploding": bool(exploding),
+            }
+        )
+
+    def close(self):
+        if self._rows_writer is not None:
+            self._rows_writer.close()
+            self._rows_writer = None
+        for handle in (self._lines, self._rows):
+            if handle is not None:
+                handle.close()
+        self._lines = self._rows = None
+
+
+def _timestep_batch(step, fit, timesteps, schema):
+    parts = []
+    for layer, values in timesteps.items():
+        length = len(next(iter(values.values())))
+        part = {
+            "layer": [layer] * length,
+            "step": np.full(length, step, np.int64),
+            "fit": np.full(length, fit, np.int64),
+            "timestep": np.arange(length, dtype=np.int64),
+        }
+        for column in schema.names[len(_ROW_COLUMNS) :]:
+            part[column] = np.asarray(
+                values.get(column, np.full(length, np.nan)), np.float64
+            )
+        parts.append(pa.RecordBatch.from_pydict(part, schema=schema))
+    if not parts:
+        return None
+    return pa.Table.from_batches(parts, schema).combine_chunks().to_batches()[0]
+
+
+class History:
+    """Everything the segments under a directory hold, purged of re-run
+    steps: `records` (list of line dicts, in order), `nonfinite` lines,
+    `entries` ((step, iterations) pairs mapping iterations to steps), the
+    last `fit` index, and per-record time-step tables."""
+
+    def __init__(self):
+        self.records = []
+        self.nonfinite = []
+        self.entries = []
+        self.last_fit = -1
+        self.timesteps = {}  # (step, fit) -> pyarrow.Table
+
+    def purge_from(self, step):
+        self.records = [r for r in self.records if r["row"]["step"] < step]
+        self.nonfinite = [n for n in self.nonfinite if n["step"] < step]
+        self.entries = [e for e in self.entries if e[0] < step]
+        self.timesteps = {k: v for k, v in self.timesteps.items() if k[0] < step}
+
+    def resume_step(self, iterations):
+        """The training step that follows `iterations` applied updates:
+        from the last mapping entry at or below it (the offset between the
+        two changes only at non-finite steps). None without entries."""
+        best = None
+        for step, seen in self.entries:
+            if seen <= iterations:
+                best = (step, seen)
+        if best is None:
+            return None
+        return best[0] + (iterations - best[1])
+
+
+def load(directory):
+    """Read every segment under `directory` (a missing one is empty)."""
+    directory = pathlib.Path(directory)
+    history = History()
+    if not directory.is_dir():
+        return history
+    segments = sorted(
+        (int(m.group(1)), directory / m.group(0))
+        for m in map(_SEGMENT.search, (p.name for p in directory.iterdir()))
+        if m
+    )
+    for _, path in segments:
+        batches = _read_batches(path.with_suffix(".arrows"))
+        committed = set()
+        for line in _read_lines(path):
+            kind = line.get("kind")
+            if kind == "start":
+                history.purge_from(line["step"])
+                history.entries.append((line["step"], line["iterations"]))
+                history.last_fit = max(history.last_fit, line["fit"])
+            elif kind == "nonfinite":
+                history.nonfinite.append(line)
+                history.entries.append((line["next_step"], line["iterations"]))
+            elif kind == "record":
+                line["row"] = {k: _unplain(v) for k, v in line["row"].items()}
+                line["norms"] = [_unplain(n) for n in line["norms"]]
+                history.records.append(line)
+                committed.add((line["row"]["step"], line["row"]["fit"]))
+        for batch in batches:
+            key = (int(batch.column("step")[0].as_py()), int(batch["fit"][0].as_py()))
+            if key in committed:
+                history.timesteps[key] = pa.Table.from_batches([batch])
+    return history
+
+
+def _read_lines(path):
+    with open(path, encoding="utf-8") as handle:
+        for text in handle:
+            if not text.endswith("\n"):
+                return  # torn by a crash inside the write
+            try:
+                yield json.loads(text)
+            except json.JSONDecodeError:
+                return
+
+
+def _read_batches(path):
+    batches = []
+    try:
+        with pa.OSFile(str(path), "rb") as source:
+            reader = pa.ipc.open_stream(source)
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                if batch.num_rows:
+                    batches.append(batch)
+    except (OSError, pa.ArrowInvalid, pa.ArrowIOError):
+        pass  # missing, empty, or torn at the end: keep what was read
+    return batches
