@@ -867,6 +867,27 @@ class GradientMonitor(keras.callbacks.Callback):
             nonfinite=self._nonfinite,
             skipped_steps=self.skipped_steps,
             depth=self._latest_depth,
+            notes=self._notes(),
+        )
+
+    def _notes(self):
+        if self.model is None:
+            return ()
+        from keras_seq.callbacks.reset_states import stateful_layers
+
+        stateful = [
+            layer.name
+            for layer in stateful_layers(self.model)
+            if any(name.startswith(f"{layer.name}/") for name in self._latest)
+        ]
+        if not stateful:
+            return ()
+        lengths = sorted({d.timesteps for d in self._latest.values()})
+        return (
+            f"stateful layers ({', '.join(stateful)}): gradients flow within "
+            f"each batch's {'/'.join(map(str, lengths))} steps only (truncated "
+            "BPTT), so a horizon cannot exceed that chunk length; a horizon "
+            "equal to it means the gradient still reached the chunk's start.",
         )
 
     def report(self):

@@ -251,6 +251,8 @@ class Diagnosis:
         exploding_steps: every recorded step judged exploding.
         nonfinite: `NonFinite` for the first non-finite record, or None.
         skipped_steps: number of updates not applied because of NaN/Inf.
+        notes: extra lines for the report (e.g. the truncated horizon of
+            stateful layers).
         depth: `keras_seq.diagnostics.DepthDiagnosis` of the latest record
             (a model with two or more recurrent levels in one stack), or None.
     """
@@ -262,6 +264,7 @@ class Diagnosis:
     nonfinite: object
     skipped_steps: int
     depth: object = None
+    notes: tuple = ()
 
     @property
     def vanishing(self):
@@ -340,6 +343,9 @@ class Diagnosis:
                     f"- {kind} through depth (norm {threshold} x the top "
                     f"level's): {', '.join(names) if names else 'no'}"
                 )
+        if self.notes:
+            lines.append("")
+            lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines)
 
     def report(self):

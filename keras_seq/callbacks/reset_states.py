@@ -1,0 +1,130 @@
+import keras
+
+from keras_seq.data.truncated_bptt import TruncatedBPTT
+
+
+class ResetStates(keras.callbacks.Callback):
+    """Zeroes a model's stateful recurrent layers where a sequence group of
+    a `keras_seq.data.TruncatedBPTT` begins: before the first chunk of every
+    group in training, and in validation (`validation_data` with its own
+    `TruncatedBPTT`) before validation and before each of its groups, so
+    training state never leaks into validation or back.
+
+    Every layer with `stateful=True` and a `reset_state()` method is reset
+    (`SharedRNN` and Keras's `SimpleRNN`/`GRU`/`LSTM`/`RNN`, also inside a
+    `Bidirectional` or a nested model).
+
+    It also tells `data` which epoch begins, so that a shuffled
+    `TruncatedBPTT` yields that epoch's group order.
+
+    Args:
+        data: the training `keras_seq.data.TruncatedBPTT` (`fit` gets its
+            `.dataset`).
+        validation_data: optional `TruncatedBPTT` whose `.dataset` is
+            `fit`'s `validation_data` (without it, states are only reset as
+            validation begins).
+
+    Raises:
+        TypeError: `data`/`validation_data` is not a `TruncatedBPTT`.
+        ValueError (at the start of `fit`): the model has no stateful
+            recurrent layer, `steps_per_epoch` is not one pass over `data`,
+            or the model runs several steps per call
+            (`steps_per_execution > 1`, which would carry states across a
+            group boundary inside one call).
+    """
+
+    def __init__(self, data, validation_data=None):
+        super().__init__()
+        for name, value in (("data", data), ("validation_data", validation_data)):
+            if value is not None and not isinstance(value, TruncatedBPTT):
+                raise TypeError(
+                    f"Argument `{name}` must be a keras_seq.data.TruncatedBPTT"
+                    f"{' or None' if name != 'data' else ''}. Received: "
+                    f"{name} of type {type(value).__name__}"
+                )
+        if data is None:
+            raise TypeError(
+                "Argument `data` must be a keras_seq.data.TruncatedBPTT. "
+                "Received: data=None"
+            )
+        self.data = data
+        self.validation_data = validation_data
+        self._layers = []
+        self._boundaries = self._validation_boundaries = frozenset()
+
+    def on_train_begin(self, logs=None):
+        self._layers = stateful_layers(self.model)
+        if not self._layers:
+            raise ValueError(
+                "ResetStates needs a model with a stateful recurrent layer "
+                "(stateful=True and a static batch size, e.g. keras.Input("
+                "(None, features), batch_size=...)). Received: a model "
+                "without one"
+            )
+        if self.model.steps_per_execution > 1:
+            raise ValueError(
+                "ResetStates resets states between batches, so it needs "
+                "`steps_per_execution=1` in `compile`. Received: "
+                f"steps_per_execution={self.model.steps_per_execution}"
+            )
+        steps = (self.params or {}).get("steps")
+        if steps is not None and steps != len(self.data):
+            raise ValueError(
+                "ResetStates expects each epoch to be one pass over the "
+                f"TruncatedBPTT data ({len(self.data)} batches). Received: "
+                f"steps_per_epoch={steps}"
+            )
+        self._boundaries = frozenset()
+        self._reset()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Before the epoch's iterator starts: the data's generator then
+        # yields this epoch's group order, whose boundaries are these.
+        self.data.set_epoch(epoch)
+        self._boundaries = self.data.boundaries(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch in self._boundaries:
+            self._reset()
+
+    def on_test_begin(self, logs=None):
+        # Validation starts from zero states; training resumes from zero
+        # too, since every epoch begins with a group.
+        if not self._layers:
+            self._layers = stateful_layers(self.model)
+        self._validation_boundaries = frozenset()
+        if self.validation_data is not None:
+            self.validation_data.set_epoch(0)
+            self._validation_boundaries = self.validation_data.boundaries(0)
+        self._reset()
+
+    def on_test_batch_begin(self, batch, logs=None):
+        if batch in self._validation_boundaries:
+            self._reset()
+
+    def _reset(self):
+        for layer in self._layers:
+            layer.reset_state()
+
+
+def stateful_layers(model):
+    """Every layer of `model` (nested models and wrappers included) with
+    `stateful=True` and a `reset_state()` method, outermost first."""
+    found, seen = [], set()
+
+    def visit(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if getattr(layer, "stateful", False) and hasattr(layer, "reset_state"):
+            found.append(layer)
+            return  # a Bidirectional resets both directions itself
+        for child in getattr(layer, "layers", None) or ():
+            visit(child)
+        inner = getattr(layer, "layer", None)  # other wrappers
+        if isinstance(inner, keras.layers.Layer):
+            visit(inner)
+
+    for layer in model.layers:
+        visit(layer)
+    return found

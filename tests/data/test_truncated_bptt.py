@@ -1,0 +1,282 @@
+"""Truncated BPTT: `keras_seq.data.TruncatedBPTT` + `callbacks.ResetStates`
+against an independent reference (a tape over each chunk, states carried by
+hand)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_seq
+from tests.conftest import assert_close
+
+BATCH, FEATURES, UNITS, DEPTH = 2, 3, 4, 2
+LR = 0.5
+
+
+def _data(sequences=4, steps=12, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(sequences, steps, FEATURES)).astype("float32")
+    y = np.tanh(np.cumsum(x[..., :2], axis=1) / 3).astype("float32")
+    return x, y
+
+
+def _model(stateful, batch=BATCH):
+    inputs = keras.Input((None, FEATURES), batch_size=batch if stateful else None)
+    rnn = keras_seq.layers.SharedRNN(
+        UNITS, depth=DEPTH, return_sequences=True, stateful=stateful, name="rnn"
+    )
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(rnn(inputs)))
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    return model
+
+
+def _reference_weights(weights, batches, boundaries):
+    """Plain SGD over the chunks in order: states carried from the previous
+    chunk's forward pass as constants, zeroed where a group begins."""
+    inputs = keras.Input((None, FEATURES))
+    starts = [keras.Input((UNITS,)) for _ in range(DEPTH)]
+    rnn = keras_seq.layers.SharedRNN(
+        UNITS, depth=DEPTH, return_sequences=True, return_state=True
+    )
+    outputs, *ends = rnn(inputs, initial_state=starts)
+    head = keras.layers.Dense(2)
+    model = keras.Model([inputs, *starts], [head(outputs), *ends])
+    model.set_weights(weights)
+    states = None
+    for index, (x, y, w) in enumerate(batches):
+        if index in boundaries:
+            states = [np.zeros((BATCH, UNITS), "float32")] * DEPTH
+        with tf.GradientTape() as tape:
+            prediction, *ends = model([x, *states])
+            per_step = tf.reduce_mean(tf.square(prediction - y), axis=-1)
+            loss = tf.reduce_sum(per_step * w) / tf.cast(tf.size(per_step), tf.float32)
+        grads = tape.gradient(loss, model.trainable_variables)
+        for variable, grad in zip(model.trainable_variables, grads):
+            variable.assign_sub(LR * grad)
+        states = [e.numpy() for e in ends]
+    return model.get_weights()
+
+
+class _StatesAtBegin(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.zero = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        states = self.model.get_layer("rnn").states
+        self.zero.append(all(not np.any(keras.ops.convert_to_numpy(s)) for s in states))
+
+
+@pytest.mark.parametrize("chunk, shuffle", [(5, False), (4, True)])
+def test_chunks_train_as_an_unrolled_reference(chunk, shuffle):
+    x, y = _data(steps=12)
+    data = keras_seq.data.TruncatedBPTT(
+        x, y, chunk_length=chunk, batch_size=BATCH, shuffle=shuffle, seed=3
+    )
+    batches = list(data)
+    boundaries = set(data.boundaries(0))
+    assert len(data) == 2 * -(-12 // chunk)
+    model = _model(stateful=True)
+    start = model.get_weights()
+    probe = _StatesAtBegin()
+    model.fit(
+        data.dataset,
+        epochs=1,
+        verbose=0,
+        callbacks=[keras_seq.callbacks.ResetStates(data), probe],
+    )
+    # States are zero exactly where a group begins.
+    assert probe.zero == [i in boundaries for i in range(len(data))]
+    for actual, expected in zip(
+        model.get_weights(), _reference_weights(start, batches, boundaries)
+    ):
+        assert_close(actual, expected, tol=1e-5)
+
+
+def test_a_chunk_as_long_as_the_sequence_is_full_bptt():
+    x, y = _data(steps=9)
+    data = keras_seq.data.TruncatedBPTT(
+        x, y, chunk_length=50, batch_size=BATCH, shuffle=False
+    )
+    assert len(data) == 2 and next(iter(data))[0].shape == (BATCH, 9, FEATURES)
+    truncated, full = _model(stateful=True), _model(stateful=False)
+    full.set_weights(truncated.get_weights())
+    truncated.fit(
+        data.dataset,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras_seq.callbacks.ResetStates(data)],
+    )
+    full.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(truncated.get_weights(), full.get_weights()):
+        assert_close(a, b, tol=1e-5)
+
+
+def test_without_resets_states_leak_across_groups():
+    # The reset is what makes the test above pass.
+    x, y = _data(steps=9)
+    data = keras_seq.data.TruncatedBPTT(x, y, 50, BATCH, shuffle=False)
+    truncated, full = _model(stateful=True), _model(stateful=False)
+    full.set_weights(truncated.get_weights())
+    truncated.fit(data.dataset, epochs=1, shuffle=False, verbose=0)
+    full.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    error = max(
+        np.abs(a - b).max() for a, b in zip(truncated.get_weights(), full.get_weights())
+    )
+    assert error > 1e-4
+
+
+def test_sequences_of_different_lengths():
+    x, y = _data(sequences=5, steps=10)
+    lengths = np.array([10, 4, 7, 10, 2])
+    data = keras_seq.data.TruncatedBPTT(
+        x, y, chunk_length=3, batch_size=BATCH, lengths=lengths, shuffle=False
+    )
+    # Groups by length: (10, 10) 4 chunks, (7, 4) 3 chunks, (2, filler) 1.
+    assert len(data) == 8 and sorted(data.boundaries()) == [0, 4, 7]
+    seen = np.zeros((5, 10))
+    batches = list(data)
+    for xb, _, wb in batches:
+        assert xb.shape == (BATCH, 3, FEATURES) and wb.shape == (BATCH, 3)
+    # Every valid step comes exactly once with weight 1, nothing else counts.
+    rows = [(0, 3), (2, 1), (4, -1)]
+    for group, (a, b) in enumerate(rows):
+        first = sorted(data.boundaries())[group]
+        chunks = ([4, 3, 1])[group]
+        for c in range(chunks):
+            xb, _, wb = batches[first + c]
+            for slot, row in enumerate((a, b)):
+                steps = slice(3 * c, min(3 * c + 3, 10))
+                width = steps.stop - steps.start
+                if row < 0:
+                    assert not wb[slot].any()
+                    continue
+                np.testing.assert_array_equal(xb[slot, :width], x[row, steps])
+                seen[row, steps] += wb[slot, :width]
+                assert not wb[slot, width:].any()
+    np.testing.assert_array_equal(seen, np.arange(10)[None] < lengths[:, None])
+
+    # What lies past a sequence's end changes nothing.
+    garbage = x.copy()
+    garbage[np.arange(10)[None] >= lengths[:, None]] = 50.0
+    results = []
+    for inputs in (x, garbage):
+        model = _model(stateful=True)
+        model.set_weights(results[0][0] if results else model.get_weights())
+        start = model.get_weights()
+        d = keras_seq.data.TruncatedBPTT(
+            inputs, y, 3, BATCH, lengths=lengths, shuffle=False
+        )
+        model.fit(
+            d.dataset,
+            shuffle=False,
+            verbose=0,
+            callbacks=[keras_seq.callbacks.ResetStates(d)],
+        )
+        results.append((start, model.get_weights()))
+    for a, b in zip(results[0][1], results[1][1]):
+        assert_close(a, b, tol=1e-6)
+
+
+def test_validation_starts_from_zero_states_and_matches_full_sequences():
+    x, y = _data(steps=12)
+    xv, yv = _data(steps=12, seed=1)
+    data = keras_seq.data.TruncatedBPTT(x, y, 4, BATCH, shuffle=False)
+    val = keras_seq.data.TruncatedBPTT(xv, yv, 4, BATCH, shuffle=False)
+    model = _model(stateful=True)
+    history = model.fit(
+        data.dataset,
+        validation_data=val.dataset,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras_seq.callbacks.ResetStates(data, val)],
+    )
+    full = _model(stateful=False)
+    full.set_weights(model.get_weights())
+    expected = np.mean((full.predict_on_batch(xv) - yv) ** 2)
+    np.testing.assert_allclose(history.history["val_loss"][0], expected, rtol=1e-5)
+
+
+def test_monitor_sees_chunks_and_changes_nothing():
+    x, y = _data(steps=12)
+    results = []
+    for monitored in (False, True):
+        keras.utils.set_random_seed(7)
+        model = _model(stateful=True)
+        data = keras_seq.data.TruncatedBPTT(x, y, 4, BATCH, shuffle=False)
+        callbacks = [keras_seq.callbacks.ResetStates(data)]
+        if monitored:
+            monitor = keras_seq.callbacks.GradientMonitor(every=1)
+            callbacks.append(monitor)
+        model.fit(data.dataset, shuffle=False, verbose=0, callbacks=callbacks)
+        results.append(model.get_weights())
+    for a, b in zip(*results):
+        assert_close(a, b, tol=1e-6)
+    frame = monitor.timestep_frame()
+    assert set(frame["timestep"]) == {0, 1, 2, 3}
+    assert frame["step"].nunique() == 6
+    assert "truncated BPTT" in monitor.report()
+    assert "cannot exceed that chunk length" in monitor.report()
+
+
+def test_reset_states_needs_a_stateful_model():
+    x, y = _data()
+    data = keras_seq.data.TruncatedBPTT(x, y, 4, BATCH)
+    model = _model(stateful=False)
+    with pytest.raises(ValueError, match="stateful recurrent layer"):
+        model.fit(
+            data.dataset,
+            shuffle=False,
+            verbose=0,
+            callbacks=[keras_seq.callbacks.ResetStates(data)],
+        )
+    with pytest.raises(
+        TypeError, match="`data` must be a keras_seq.data.TruncatedBPTT"
+    ):
+        keras_seq.callbacks.ResetStates((x, y))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"chunk_length": 0}, ValueError, "chunk_length"),
+        ({"batch_size": 2.0}, TypeError, "batch_size"),
+        ({"lengths": [3, 4]}, ValueError, "lengths"),
+        ({"lengths": [0, 4, 4, 4]}, ValueError, "lengths"),
+        ({"sample_weight": np.ones((4, 2))}, ValueError, "sample_weight"),
+        ({"y": np.ones((4, 1))}, ValueError, "target per time step"),
+        ({"x": np.ones((4, 12))}, ValueError, "`x`"),
+        ({"shuffle": "yes"}, TypeError, "shuffle"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, error, match):
+    x, y = _data()
+    arguments = {"x": x, "y": y, "chunk_length": 4, "batch_size": 2, **kwargs}
+    with pytest.raises(error, match=match):
+        keras_seq.data.TruncatedBPTT(**arguments)
+
+
+def test_shuffled_groups_follow_the_epoch_and_reset_where_they_begin():
+    # fit(shuffle=True), Keras's default, leaves a tf.data.Dataset alone;
+    # the groups are shuffled per epoch here, and resets follow.
+    x, y = _data(sequences=8, steps=9)
+    # Groups by length: (9, 9) and (9, 6) 3 chunks, (6, 3) 2, (3, 2) 1.
+    data = keras_seq.data.TruncatedBPTT(
+        x, y, 3, BATCH, lengths=[9, 9, 3, 3, 6, 6, 2, 9], seed=1
+    )
+    assert data.chunks(0) != data.chunks(1)
+    assert data.chunks(1) == data.chunks(1)
+    model = _model(stateful=True)
+    probe = _StatesAtBegin()
+    model.fit(
+        data.dataset,
+        epochs=2,
+        verbose=0,
+        callbacks=[keras_seq.callbacks.ResetStates(data), probe],
+    )
+    expected = [i in data.boundaries(e) for e in (0, 1) for i in range(len(data))]
+    assert probe.zero == expected
+    assert data.boundaries(0) != data.boundaries(1)
