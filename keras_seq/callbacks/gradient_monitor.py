@@ -242,6 +242,23 @@ class GradientMonitor(keras.callbacks.Callback):
         self._starting = False  # a fit began; its first batch not yet
         self._fits_on_model = 0
 
+    @property
+    def log_dir(self):
+        """Where this monitor writes; None on the workers other than the
+        chief under `tf.distribute.MultiWorkerMirroredStrategy`, which hold
+        the same statistics and frames but write nothing."""
+        model = self._model
+        if (
+            model is not None
+            and not model.distribute_strategy.extended.should_save_summary
+        ):
+            return None
+        return self._log_dir
+
+    @log_dir.setter
+    def log_dir(self, value):
+        self._log_dir = value
+
     # -- attaching -----------------------------------------------------------
 
     def set_model(self, model):
