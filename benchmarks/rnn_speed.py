@@ -13,7 +13,10 @@ variant once before repeat r+1; the reported time is the median over repeats.
   rows show SharedRNN and SimpleRNN with `jit_compile=True`.
 - Workload B (long sequences): Embedding(1000, 32) -> depth-2 recurrence ->
   last output -> Dense(1000, softmax), batch 32, T = 1000, 2000, 5000;
-  `SharedRNN(128, depth=2)` against two stacked `SimpleRNN(128)` (and torch).
+  `SharedRNN(128, depth=2)` against two stacked `SimpleRNN(128)` (and torch),
+  and `SharedRNN(128, depth=2, recompute=k)` (keeps every k-th state and
+  recomputes the rest in the backward pass; `--recompute`, default k=100)
+  against the default SharedRNN.
   GRU is left out here: at 4-5x SimpleRNN's time per step it would add
   minutes at T=5000.
 - Peak training memory for workload B: each (variant, T) runs in a fresh
@@ -31,7 +34,8 @@ slower and the timings noisy: the header prints the load average.
 How to run:
 
     .venv/bin/python benchmarks/rnn_speed.py [--quick]
-        [--lengths 1000,2000,5000] [--repeats 5] [--json PATH]
+        [--lengths 1000,2000,5000] [--recompute 100[,70,...]] [--repeats 5]
+        [--json PATH]
 
 torch is optional (the `bench` extra): `pip install torch==2.13.0` installs a
 CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
@@ -67,6 +71,23 @@ MEMORY_STEPS = 3
 
 SHARED, SIMPLE, GRU, TORCH = "SharedRNN", "SimpleRNN", "GRU", "torch.nn.RNN"
 XLA = " (jit_compile=True)"
+# Segment length of the recompute rows: at T=5000 it met the memory target
+# with the lowest step time of the lengths tried (see the README).
+DEFAULT_RECOMPUTE = (100,)
+
+
+def recompute_variant(k):
+    return f"{SHARED} (recompute={k})"
+
+
+def recompute_of(variant):
+    """The `recompute` argument a variant name asks for (None: default)."""
+    prefix = f"{SHARED} (recompute="
+    if not variant.startswith(prefix):
+        return None
+    value = variant[len(prefix) : -1]
+    return True if value == "True" else int(value)
+
 
 # The issue's targets, as printed in the PASS/MISS table.
 TARGETS = {
@@ -74,6 +95,9 @@ TARGETS = {
     "b": "SharedRNN step <= 0.2x SimpleRNN at T=5000 (Embedding, depth 2)",
     "growth": "SharedRNN step time T=1000 -> T=5000 grows <= 5.5x",
     "memory": "SharedRNN peak training memory at T=5000 <= SimpleRNN's",
+    "recompute memory": "SharedRNN(recompute) training-memory increase at "
+    "T=5000 <= 1/3 of default SharedRNN's",
+    "recompute time": "SharedRNN(recompute) step at T=5000 <= 1.3x default SharedRNN's",
 }
 
 
@@ -83,7 +107,8 @@ TARGETS = {
 def recurrent_layers(variant, depth):
     """The recurrent part of a Keras variant as a list of layers."""
     if variant.startswith(SHARED):
-        return [keras_seq.layers.SharedRNN(UNITS, depth=depth)]
+        recompute = recompute_of(variant)
+        return [keras_seq.layers.SharedRNN(UNITS, depth=depth, recompute=recompute)]
     layer_class = {SIMPLE: keras.layers.SimpleRNN, GRU: keras.layers.GRU}[
         variant.removesuffix(XLA)
     ]
@@ -261,12 +286,16 @@ def run_workload_a(args, errors):
     return rows
 
 
+def b_variants(args):
+    return [SHARED] + [recompute_variant(k) for k in args.recompute] + [SIMPLE]
+
+
 def run_workload_b(args, errors):
     rows = []
     for timesteps in args.lengths:
         rows += time_workload(
             f"B: T={timesteps}, Embedding, depth {B_DEPTH}",
-            [SHARED, SIMPLE],
+            b_variants(args),
             B_DEPTH,
             workload_data(B_BATCH, timesteps),
             None,
@@ -307,7 +336,7 @@ LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 def run_memory(args, errors):
     rows = []
     for timesteps in args.lengths:
-        for variant in (SHARED, SIMPLE):
+        for variant in b_variants(args):
             progress(f"memory: {variant}, T={timesteps} ...")
             command = [
                 sys.executable,
@@ -379,12 +408,14 @@ def ratio(numerator, denominator):
 def speed_table(rows):
     lines = [
         "| workload | variant | ms/step (median) | min-max | vs SimpleRNN "
-        "| vs GRU | vs torch |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| vs GRU | vs torch | vs SharedRNN |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         ms = row["median_ms"]
-        peers = [ratio(ms, find(rows, row["label"], p)) for p in (SIMPLE, GRU, TORCH)]
+        peers = [
+            ratio(ms, find(rows, row["label"], p)) for p in (SIMPLE, GRU, TORCH, SHARED)
+        ]
         spread = f"{min(row['samples_ms']):.1f}-{max(row['samples_ms']):.1f}"
         lines.append(
             f"| {row['label']} | {row['variant']} | {ms:.1f} | {spread} | "
@@ -396,27 +427,36 @@ def speed_table(rows):
 
 def memory_table(rows):
     lines = [
-        "| T | variant | baseline MB | peak MB | increase MB | increase vs SimpleRNN |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| T | variant | baseline MB | peak MB | increase MB | increase vs "
+        "SimpleRNN | increase vs SharedRNN |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for row in rows:
-        simple = next(
+
+    def increase(timesteps, variant):
+        return next(
             (
                 r["increase_mb"]
                 for r in rows
-                if r["timesteps"] == row["timesteps"] and r["variant"] == SIMPLE
+                if r["timesteps"] == timesteps and r["variant"] == variant
             ),
             None,
         )
+
+    for row in rows:
+        peers = [
+            ratio(row["increase_mb"], increase(row["timesteps"], peer))
+            for peer in (SIMPLE, SHARED)
+        ]
         lines.append(
             f"| {row['timesteps']} | {row['variant']} | {row['baseline_mb']:.0f} | "
             f"{row['peak_mb']:.0f} | {row['increase_mb']:.0f} | "
-            f"{fmt(ratio(row['increase_mb'], simple), suffix='x')} |"
+            + " | ".join(fmt(p, suffix="x") for p in peers)
+            + " |"
         )
     return "\n".join(lines)
 
 
-def evaluate_targets(speed, memory):
+def evaluate_targets(speed, memory, recompute=()):
     """[(target, measured text, status)]; status is PASS, MISS or not run."""
 
     def verdict(value, limit):
@@ -453,6 +493,32 @@ def evaluate_targets(speed, memory):
         results.append((TARGETS["memory"], measured, "PASS" if passed else "MISS"))
     else:
         results.append((TARGETS["memory"], "—", "not run"))
+
+    for k in recompute:
+        variant = recompute_variant(k)
+        value = ratio(find(speed, long_label, variant), find(speed, long_label, SHARED))
+        results.append(
+            (
+                f"{TARGETS['recompute time']}, k={k}",
+                fmt(value, suffix="x"),
+                verdict(value, 1.3),
+            )
+        )
+        value, measured = None, "—"
+        if SHARED in at_5000 and variant in at_5000:
+            recomputing, shared = at_5000[variant], at_5000[SHARED]
+            value = ratio(recomputing["increase_mb"], shared["increase_mb"])
+            measured = (
+                f"increase {recomputing['increase_mb']:.0f} vs "
+                f"{shared['increase_mb']:.0f} MB ({fmt(value)} of it)"
+            )
+        results.append(
+            (
+                f"{TARGETS['recompute memory']}, k={k}",
+                measured,
+                verdict(value, 1 / 3),
+            )
+        )
     return results
 
 
@@ -471,6 +537,24 @@ def parse_lengths(text):
     return lengths
 
 
+def parse_recompute(text):
+    values = []
+    for part in text.split(","):
+        if part == "True":
+            values.append(True)
+            continue
+        try:
+            values.append(int(part))
+        except ValueError:
+            values = []
+            break
+    if not values or any(v is not True and v < 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 1 (or True), got {text!r}"
+        )
+    return tuple(values)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Time training steps of keras_seq.layers.SharedRNN against "
@@ -487,6 +571,13 @@ def parse_args(argv):
         default=None,
         help="comma-separated sequence lengths for workload B "
         f"(default {','.join(map(str, DEFAULT_LENGTHS))})",
+    )
+    parser.add_argument(
+        "--recompute",
+        type=parse_recompute,
+        default=DEFAULT_RECOMPUTE,
+        help="segment lengths k of the SharedRNN(recompute=k) rows of workload "
+        f"B (default {','.join(map(str, DEFAULT_RECOMPUTE))})",
     )
     parser.add_argument(
         "--repeats",
@@ -522,7 +613,7 @@ def main(argv=None):
     errors = []
     speed = run_workload_a(args, errors) + run_workload_b(args, errors)
     memory = run_memory(args, errors)
-    targets = evaluate_targets(speed, memory)
+    targets = evaluate_targets(speed, memory, args.recompute)
     minutes = (time.perf_counter() - started) / 60
 
     print(
@@ -545,6 +636,7 @@ def main(argv=None):
         {
             "environment": env,
             "repeats": args.repeats,
+            "recompute": list(args.recompute),
             "speed": speed,
             "memory": memory,
             "targets": [

@@ -1,3 +1,4 @@
+import numbers
 import warnings
 
 import keras
@@ -32,6 +33,12 @@ class SharedRNN(keras.layers.RNN):
     `go_backwards`, `initial_state`, `stateful` and mixed precision. With a
     custom activation callable (not a registered Keras activation) the layer
     falls back to TensorFlow's automatic gradient of the same loop.
+
+    By default the backward pass reads every hidden state the forward pass
+    kept: training memory grows by several `(batch, timesteps, units)`
+    tensors per sublayer. `recompute=k` keeps only every k-th state and
+    recomputes the rest in the backward pass, segment by segment, for about
+    one more forward pass of time (see `recompute` below).
 
     It runs under `jit_compile=True` (XLA) when the time dimension is static,
     and without XLA with a dynamic one. Second-order gradients (a gradient of
@@ -70,6 +77,25 @@ class SharedRNN(keras.layers.RNN):
         seed: Optional integer seed for dropout.
         unroll: Accepted for `SimpleRNN` compatibility; the loop is never
             unrolled (a warning says so if True).
+        recompute: Default None (or 0, False): keep every hidden state for
+            the backward pass. An integer k >= 1 (gradient checkpointing):
+            the forward pass keeps only every sublayer's state at the start
+            of each segment of k steps; the backward pass walks the segments
+            from the last, recomputes each segment's states from its
+            checkpoint and runs the reverse loop over it. Outputs and
+            gradients (and the `GradientMonitor` statistics) are those of
+            the default, summed in another order (equal to float rounding);
+            training costs one more forward pass. Segments are evened out to
+            `ceil(T / ceil(T / k))` steps, at most T. True picks
+            k = ceil(sqrt(T)). Memory then grows with T only through the
+            input, its gradient and, with `return_sequences`, the output: at
+            T=5000, batch 32, 128 units, depth 2 (benchmarks/rnn_speed.py)
+            k=100 took the training-memory increase from +607 to +139 MB.
+            While a `GradientMonitor` records a step, every sublayer's
+            states and per-step gradients are built anyway for its
+            statistics. Needs a Keras activation by name: with a custom
+            activation callable (TensorFlow's automatic gradient) it raises
+            `ValueError`.
 
     Call arguments:
         sequences: `(batch, timesteps, features)` floating-point tensor.
@@ -120,8 +146,10 @@ class SharedRNN(keras.layers.RNN):
         zero_output_for_mask=False,
         seed=None,
         unroll=False,
+        recompute=None,
         **kwargs,
     ):
+        recompute = _check_recompute(recompute)
         for name, value in (
             ("return_sequences", return_sequences),
             ("return_state", return_state),
@@ -161,6 +189,16 @@ class SharedRNN(keras.layers.RNN):
             trainable=kwargs.get("trainable", True),
             name="shared_rnn_cell",
         )
+        explicit_bptt = bptt.supports_explicit_bptt(cell.activation)
+        if recompute and not explicit_bptt:
+            raise ValueError(
+                "Argument `recompute` needs the explicit BPTT pass, which covers "
+                'the element-wise Keras activations by name (such as "tanh", '
+                '"relu" or "gelu"); the custom activation '
+                f"{cell.activation!r} is differentiated by TensorFlow, which "
+                "keeps every state. Pass recompute=None or a Keras activation. "
+                f"Received: recompute={recompute!r}"
+            )
         super().__init__(
             cell,
             return_sequences=return_sequences,
@@ -172,7 +210,8 @@ class SharedRNN(keras.layers.RNN):
             **kwargs,
         )
         self.input_spec = keras.layers.InputSpec(ndim=3)
-        self.explicit_bptt = bptt.supports_explicit_bptt(cell.activation)
+        self.explicit_bptt = explicit_bptt
+        self.recompute = recompute
 
     # Cell arguments, exposed as on keras.layers.SimpleRNN.
     units = property(lambda self: self.cell.units)
@@ -255,13 +294,51 @@ class SharedRNN(keras.layers.RNN):
             if time_mask is not None:
                 time_mask = tf.reverse(time_mask, [0])
         input_masks, recurrent_masks = self.cell.dropout_masks(tf.shape(x)[1], training)
+        run = self._run_recomputing if self.recompute else self._run_levels
+        outputs, states = run(
+            x, initial_state, time_mask, input_masks, recurrent_masks, dtype
+        )
+        if outputs is None:
+            # Recomputing without return_sequences: the top sublayer's whole
+            # sequence was never built; its last output is its last state,
+            # shown as below.
+            last_output = states[-1]
+            if time_mask is not None:
+                shown = (
+                    time_mask[-1]
+                    if self.zero_output_for_mask
+                    else tf.reduce_any(time_mask, axis=0)
+                )
+                last_output = tf.where(shown, last_output, tf.zeros_like(last_output))
+            return last_output, last_output[:, None], states
+        if time_mask is not None:
+            # As keras' rnn(): a masked step outputs zeros, or the previous
+            # output, which is zero until the first valid step.
+            shown = time_mask
+            if not self.zero_output_for_mask:
+                shown = tf.cast(tf.math.cumsum(tf.cast(time_mask, tf.int32)), tf.bool)
+            outputs = tf.where(shown, outputs, tf.zeros_like(outputs))
+        last_output = outputs[-1]
+        if self.return_sequences:
+            outputs = tf.transpose(outputs, [1, 0, 2])
+        else:
+            outputs = last_output[:, None]
+        return last_output, outputs, states
+
+    def _weights(self, level, dtype):
+        return tuple(
+            None if w is None else tf.cast(w, dtype)
+            for w in self.cell.level_weights(level)
+        )
+
+    def _run_levels(
+        self, x, initial_state, time_mask, input_masks, recurrent_masks, dtype
+    ):
+        """One `bptt.recurrence` per sublayer: (top outputs, last states)."""
         recorder = probes.active_recorder()
         states = []
         for level in range(self.depth):
-            kernel, recurrent_kernel, bias = (
-                None if w is None else tf.cast(w, dtype)
-                for w in self.cell.level_weights(level)
-            )
+            kernel, recurrent_kernel, bias = self._weights(level, dtype)
             if input_masks[level] is not None:
                 x = x * input_masks[level]
             xw = tf.tensordot(x, kernel, axes=1)
@@ -291,21 +368,46 @@ class SharedRNN(keras.layers.RNN):
             if record is not None:
                 record.outputs = x
             states.append(x[-1])
+        return x, states
 
-        outputs = x
-        if time_mask is not None:
-            # As keras' rnn(): a masked step outputs zeros, or the previous
-            # output, which is zero until the first valid step.
-            shown = time_mask
-            if not self.zero_output_for_mask:
-                shown = tf.cast(tf.math.cumsum(tf.cast(time_mask, tf.int32)), tf.bool)
-            outputs = tf.where(shown, outputs, tf.zeros_like(outputs))
-        last_output = outputs[-1]
-        if self.return_sequences:
-            outputs = tf.transpose(outputs, [1, 0, 2])
-        else:
-            outputs = last_output[:, None]
-        return last_output, outputs, states
+    def _run_recomputing(
+        self, x, initial_state, time_mask, input_masks, recurrent_masks, dtype
+    ):
+        """All sublayers in one `bptt.checkpointed_recurrence`: (top outputs
+        or None when only the last one is needed, last states)."""
+        recorder = probes.active_recorder()
+        records = []
+        if recorder is not None:
+            # The probes only take their shape from this (T, B, units) zero.
+            like = tf.zeros_like(x[:, :, :1]) + tf.zeros([self.units], dtype)
+            records = [
+                recorder.add(
+                    self,
+                    level,
+                    like,
+                    initial_state[level],
+                    recurrent_masks[level],
+                    mask=time_mask,
+                )
+                for level in range(self.depth)
+            ]
+        sequences = "all" if records else ("top" if self.return_sequences else None)
+        outputs, states = bptt.checkpointed_recurrence(
+            x,
+            [tf.cast(state, dtype) for state in initial_state],
+            [self._weights(level, dtype) for level in range(self.depth)],
+            self.activation,
+            self.recompute,
+            mask=time_mask,
+            input_masks=input_masks,
+            rmasks=recurrent_masks,
+            xw_probes=[r.xw_probe for r in records] if records else None,
+            h_probes=[r.h_probe for r in records] if records else None,
+            sequences=sequences,
+        )
+        for record, level_outputs in zip(records, outputs):
+            record.outputs = level_outputs
+        return (outputs[-1] if outputs else None), states
 
     def get_config(self):
         config = {
@@ -316,6 +418,7 @@ class SharedRNN(keras.layers.RNN):
         config["activity_regularizer"] = keras.regularizers.serialize(
             self.activity_regularizer
         )
+        config["recompute"] = self.recompute
         base_config = super().get_config()
         del base_config["cell"]
         del base_config["unroll"]
@@ -350,3 +453,23 @@ class SharedRNN(keras.layers.RNN):
             shared.build((None, None, kernel.shape[0]))
             shared.set_weights(layer.get_weights())
         return shared
+
+
+def _check_recompute(recompute):
+    """`recompute` as given (None, a boolean or an int >= 0), else raises."""
+    allowed = (
+        "None or 0 (keep every state), True (segments of about sqrt(timesteps) "
+        "steps) or an integer k >= 1 (keep every k-th state)"
+    )
+    if recompute is None or isinstance(recompute, bool):
+        return recompute
+    if not isinstance(recompute, numbers.Integral):
+        raise TypeError(
+            f"Argument `recompute` must be {allowed}. "
+            f"Received: recompute={recompute!r} (of type {type(recompute).__name__})"
+        )
+    if recompute < 0:
+        raise ValueError(
+            f"Argument `recompute` must be {allowed}. Received: recompute={recompute}"
+        )
+    return int(recompute)
