@@ -64,7 +64,11 @@ class MonitoredTraining:
     The two functions (recording and light, see
     `keras_seq.monitoring.train_step`) are built with Keras's own
     `make_train_function`, so distribution strategies, `steps_per_execution`,
-    `jit_compile` and `run_eagerly` behave as in Keras. They are traced once
+    `jit_compile` and `run_eagerly` behave as in Keras. Under a multi-worker
+    `MultiWorkerMirroredStrategy` that call is where `keras_seq.Sequential`
+    and `keras_seq.Model` apply their workaround for keras-team/keras#20585
+    (`keras_seq._multiworker`) to these functions too; a plain Keras model
+    fails there in Keras's `fit` before any callback runs. They are traced once
     and reused by later `fit` calls while the optimizer, the metrics and
     `steps_per_execution` stay the same (a `compile` makes new ones).
 
