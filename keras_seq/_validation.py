@@ -10,6 +10,7 @@ import keras
 
 
 def check_positive_int(name, value):
+    """`value` as a Python int (numpy integers included), else raises."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"Argument `{name}` must be an integer >= 1. "
@@ -19,6 +20,9 @@ def check_positive_int(name, value):
         raise ValueError(
             f"Argument `{name}` must be an integer >= 1. Received: {name}={value}"
         )
+    # A numpy integer would reach get_config (not JSON) and Keras's RNN,
+    # which rejects a numpy `state_size`.
+    return int(value)
 
 
 def check_rate(name, value):
@@ -93,3 +97,114 @@ def get_regularizer(name, value):
 
 def get_constraint(name, value):
     return _lookup("constraint", keras.constraints.get, name, value)
+
+
+def _static_shape(tensor):
+    return tuple(tensor.shape)
+
+
+def _as_tensor(value):
+    # Tensors, KerasTensors and numpy arrays keep their type; nested lists
+    # become tensors so their shape and dtype can be checked.
+    return value if hasattr(value, "shape") else keras.ops.convert_to_tensor(value)
+
+
+def _dtype_name(tensor):
+    try:
+        return keras.backend.standardize_dtype(tensor.dtype)
+    except ValueError:  # numpy strings and objects
+        return str(tensor.dtype)
+
+
+def _conflict(actual, expected):
+    return any(
+        a is not None and e is not None and a != e for a, e in zip(actual, expected)
+    )
+
+
+def check_rnn_call(layer, sequences, initial_state, mask, depth, units):
+    """Checks the inputs of a recurrent layer's `call`.
+
+    Args:
+        layer: the layer's name, for the messages.
+        sequences: `(batch, timesteps, features)` floating-point tensor.
+        initial_state: None, a tensor (`depth == 1`) or a list of `depth`
+            tensors of shape `(batch, units)`.
+        mask: None or a `(batch, timesteps)` boolean, integer or float
+            tensor (nested lists are converted).
+
+    Returns:
+        `(initial_state, mask)`, with nested lists converted to tensors.
+
+    Raises:
+        TypeError: non-floating `sequences`, a mask of another dtype, or an
+            initial state that is not a tensor.
+        ValueError: shapes that do not fit together.
+    """
+    dtype = _dtype_name(sequences)
+    if "float" not in dtype:
+        raise TypeError(
+            f"`{layer}` expects floating-point `sequences` of shape "
+            "(batch, timesteps, features). Received: "
+            f"sequences.dtype={dtype}. For token ids put a "
+            "`keras.layers.Embedding` first."
+        )
+    shape = _static_shape(sequences)
+    if len(shape) == 3 and shape[1] == 0:
+        raise ValueError(
+            f"`{layer}` needs at least one time step: `sequences` must have "
+            "shape (batch, timesteps, features) with timesteps >= 1. "
+            f"Received: sequences.shape={shape}"
+        )
+    expected = shape[:2]
+    if mask is not None:
+        mask = _as_tensor(mask)
+        mask_dtype = _dtype_name(mask)
+        if (
+            mask_dtype != "bool"
+            and "int" not in mask_dtype
+            and "float" not in mask_dtype
+        ):
+            raise TypeError(
+                f"`{layer}` expects a boolean `mask` (or 0/1 integers or "
+                "floats), True where a time step is valid. Received: "
+                f"mask.dtype={mask_dtype}"
+            )
+        mask_shape = _static_shape(mask)
+        if len(mask_shape) != 2 or _conflict(mask_shape, expected):
+            raise ValueError(
+                f"`{layer}` expects a `mask` of shape (batch, timesteps)"
+                f" = {expected}. Received: mask.shape={mask_shape}"
+            )
+    if initial_state is not None:
+        single = not isinstance(initial_state, (list, tuple))
+        states = [initial_state] if single else list(initial_state)
+        if len(states) != depth:
+            raise ValueError(
+                f"`{layer}` has depth={depth} and expects "
+                f"`initial_state` as a list of {depth} tensors of shape "
+                f"(batch, {units}). Received {len(states)} tensor(s)."
+            )
+        for i, state in enumerate(states):
+            if state is None:
+                raise TypeError(
+                    f"`{layer}` expects each `initial_state` entry to be a "
+                    f"tensor of shape (batch, {units}); pass initial_state=None "
+                    "for zero states. Received: "
+                    f"initial_state[{i}]=None"
+                )
+            states[i] = state = _as_tensor(state)
+            state_shape = _static_shape(state)
+            if (
+                len(state_shape) != 2
+                or state_shape[-1] != units
+                or _conflict(state_shape[:1], expected[:1])
+            ):
+                raise ValueError(
+                    f"`{layer}` expects each `initial_state` tensor to "
+                    f"have shape (batch, {units}). Received shape {state_shape} "
+                    f"for initial_state[{i}]; `sequences` has batch size "
+                    f"{expected[0]}."
+                )
+        initial_state = states[0] if single else states
+    return initial_state, mask

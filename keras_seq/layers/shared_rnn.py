@@ -237,51 +237,12 @@ class SharedRNN(keras.layers.RNN):
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: self.cell.input_dim})
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
-        self._check_call_inputs(sequences, initial_state, mask)
+        initial_state, mask = validation.check_rnn_call(
+            self.name, sequences, initial_state, mask, self.depth, self.units
+        )
         return super().call(
             sequences, initial_state=initial_state, mask=mask, training=training
         )
-
-    def _check_call_inputs(self, sequences, initial_state, mask):
-        dtype = keras.backend.standardize_dtype(sequences.dtype)
-        if "float" not in dtype:
-            raise TypeError(
-                f"`{self.name}` expects floating-point `sequences` of shape "
-                "(batch, timesteps, features). Received: "
-                f"sequences.dtype={dtype}. For token ids put a "
-                "`keras.layers.Embedding` first."
-            )
-        if mask is not None:
-            mask_shape = tuple(mask.shape)
-            expected = tuple(sequences.shape[:2])
-            if len(mask_shape) != 2 or any(
-                m is not None and e is not None and m != e
-                for m, e in zip(mask_shape, expected)
-            ):
-                raise ValueError(
-                    f"`{self.name}` expects a `mask` of shape (batch, timesteps)"
-                    f" = {expected}. Received: mask.shape={mask_shape}"
-                )
-        if initial_state is not None:
-            states = (
-                list(initial_state)
-                if isinstance(initial_state, (list, tuple))
-                else [initial_state]
-            )
-            if len(states) != self.depth:
-                raise ValueError(
-                    f"`{self.name}` has depth={self.depth} and expects "
-                    f"`initial_state` as a list of {self.depth} tensors of shape "
-                    f"(batch, {self.units}). Received {len(states)} tensor(s)."
-                )
-            for state in states:
-                shape = tuple(state.shape)
-                if len(shape) != 2 or shape[-1] != self.units:
-                    raise ValueError(
-                        f"`{self.name}` expects each `initial_state` tensor to "
-                        f"have shape (batch, {self.units}). Received shape "
-                        f"{shape}."
-                    )
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         dtype = self.compute_dtype

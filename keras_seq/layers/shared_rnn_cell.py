@@ -90,8 +90,8 @@ class SharedRNNCell(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        validation.check_positive_int("units", units)
-        validation.check_positive_int("depth", depth)
+        units = validation.check_positive_int("units", units)
+        depth = validation.check_positive_int("depth", depth)
         if not isinstance(share_depth, bool):
             raise TypeError(
                 "Argument `share_depth` must be a boolean. "
