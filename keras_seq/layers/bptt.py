@@ -93,31 +93,39 @@ def _num_steps(x):
     return x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
 
 
-def _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe, last=False):
-    """h_t for every step; with `last`, also h_T as its own tensor (a slice of
-    the stacked outputs would keep all of them alive)."""
+def _forward(
+    xw, h0, recurrent_kernel, activation, mask, rmask, probe, returns="outputs"
+):
+    """h_t for every step (`returns="outputs"`), the last state h_T only
+    (`"last"`), or both (`"both"`). h_T is its own tensor: a slice of the
+    stacked outputs would keep all of them alive."""
     steps = _num_steps(xw)
     # Steps are read by index from the big tensors: a TensorArray.unstack
     # would hold a second copy of them for the whole loop.
-    out_ta = tf.TensorArray(xw.dtype, size=steps, element_shape=h0.shape)
+    out_ta = ()
+    if returns != "last":
+        out_ta = (tf.TensorArray(xw.dtype, size=steps, element_shape=h0.shape),)
 
-    def body(t, h, out_ta):
+    def body(t, h, *out_ta):
         h_in = h if rmask is None else h * rmask
         new_h = activation(xw[t] + tf.matmul(h_in, recurrent_kernel))
         if mask is not None:
             new_h = tf.where(mask[t], new_h, h)
         if probe is not None:
             new_h = new_h + probe[t]
-        return t + 1, new_h, out_ta.write(t, new_h)
+        return (t + 1, new_h) + tuple(ta.write(t, new_h) for ta in out_ta)
 
-    _, h, out_ta = tf.while_loop(
+    _, h, *out_ta = tf.while_loop(
         lambda t, *_: t < steps,
         body,
-        (tf.constant(0), h0, out_ta),
+        (tf.constant(0), h0) + out_ta,
         maximum_iterations=steps,
         parallel_iterations=_PARALLEL_ITERATIONS,
     )
-    return (out_ta.stack(), h) if last else out_ta.stack()
+    if returns == "last":
+        return h
+    outputs = out_ta[0].stack()
+    return (outputs, h) if returns == "both" else outputs
 
 
 def _generic_derivative(activation, xw, h_prev, recurrent_kernel):
@@ -428,9 +436,9 @@ def checkpointed_recurrence(
         def segment_mask(s):
             return None if step_mask is None else step_mask[s]
 
-        def run_level(level, s, inputs, h, last=False):
-            """(input, xw, outputs[, last state]) of `level` over segment `s`
-            from state h."""
+        def run_level(level, s, inputs, h, returns="outputs"):
+            """(input, xw, what `_forward` returns) of `level` over segment
+            `s` from state h."""
             kernel, recurrent_kernel, bias = levels[level]
             if input_masks[level] is not None:
                 inputs = inputs * input_masks[level]
@@ -448,9 +456,9 @@ def checkpointed_recurrence(
                 segment_mask(s),
                 rmasks[level],
                 probe,
-                last=last,
+                returns=returns,
             )
-            return (inputs, xw) + (outputs if last else (outputs,))
+            return inputs, xw, outputs
 
         def new_ta(element):
             return tf.TensorArray(
@@ -464,10 +472,13 @@ def checkpointed_recurrence(
             new_states = []
             for level in range(depth):
                 # The checkpoint must not be a view of the segment's outputs,
-                # which it would keep alive until the backward pass.
-                _, _, inputs, last = run_level(
-                    level, s, inputs, states[level], last=True
+                # which it would keep alive until the backward pass; the top
+                # sublayer's outputs are needed only when returned.
+                needed = level < depth - 1 or level in kept
+                _, _, result = run_level(
+                    level, s, inputs, states[level], "both" if needed else "last"
                 )
+                inputs, last = result if needed else (None, result)
                 new_states.append(last)
                 if level in kept:
                     i = kept.index(level)
