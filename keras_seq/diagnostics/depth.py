@@ -101,11 +101,12 @@ def depth_profile(
 
     Returns:
         A `DepthDiagnosis`, or None with fewer than two levels or a top level
-        whose norm is zero or not finite (nothing to compare with).
+        whose norm is zero, or any norm not finite (nothing to compare).
     """
     names = list(norms)
     values = np.asarray([norms[n] for n in names], dtype=np.float64)
-    if len(names) < 2 or not np.isfinite(values[-1]) or values[-1] <= 0:
+    # A step whose norms overflowed (or are NaN) has no depth profile.
+    if len(names) < 2 or not np.all(np.isfinite(values)) or values[-1] <= 0:
         return None
     levels = {}
     for i, name in enumerate(names):

@@ -23,6 +23,7 @@ import contextlib
 import typing
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_seq.layers import probes
@@ -94,7 +95,7 @@ def monitored_step(training, data, record):
         # Non-finite scaled gradients are routine overflows that the
         # LossScaleOptimizer skips itself; only a non-finite loss is news.
         bad = ~tf.math.is_finite(_sum_replicas(tf.cast(loss, tf.float32)))
-        model.optimizer.apply(weight_grads, variables)
+        model.optimizer.apply(_nonfinite_everywhere(weight_grads), variables)
     else:
         bad = ~finite
         if settings.guard:
@@ -161,6 +162,37 @@ def _sum_replicas(values):
     if context is None or context.num_replicas_in_sync == 1:
         return values
     return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def _nonfinite_everywhere(grads):
+    """Under several replicas, every gradient NaN when any replica's holds
+    a non-finite element. Keras's LossScaleOptimizer checks each replica's
+    own (unsummed) gradient, so a replica with a clean share of the batch
+    would apply the summed NaN update; this makes every replica skip (and
+    lower its loss scale) together. One replica: the gradients unchanged."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return grads
+    values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
+    count = tf.add_n(
+        [
+            tf.reduce_sum(tf.cast(~tf.math.is_finite(v), tf.float32))
+            for v in values
+            if v is not None
+        ]
+    )
+    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, count) > 0
+
+    def poisoned(grad):
+        if grad is None:
+            return None
+        if isinstance(grad, tf.IndexedSlices):
+            return tf.IndexedSlices(
+                poisoned(grad.values), grad.indices, grad.dense_shape
+            )
+        return grad * tf.where(bad, tf.constant(np.nan, grad.dtype), 1)
+
+    return [poisoned(g) for g in grads]
 
 
 def _dense(grad, variable):

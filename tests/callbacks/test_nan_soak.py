@@ -141,26 +141,16 @@ def test_no_other_problem(soak, case):
     assert worker.problems(soak(case)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras's LossScaleOptimizer decides from each replica's own "
-    "gradient: a NaN in one replica's share of the batch is summed into the "
-    "update that the other replica, finite locally, applies (NaN weights); "
-    "keras_seq.monitoring.train_step.monitored_step hands it the local "
-    "gradients unchecked",
-)
+# Keras's LossScaleOptimizer decides from each replica's own gradient: a
+# NaN in one replica's share of the batch would be summed into the update
+# the other replica, finite locally, applies (train_step's
+# _nonfinite_everywhere makes every replica see it).
 def test_mirrored_mixed_precision_skips_a_poison_in_one_replica(soak):
     result = soak("mirrored_mixed_float16")
     assert worker.problems(result) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeWarning,
-    reason="diagnostics.depth_profile divides inf by inf when the lower levels' "
-    "gradients overflowed on a skipped float16 step (a numpy RuntimeWarning "
-    "inside fit; the diagnosis then calls them exploding through depth)",
-)
+# An overflowed float16 step once made depth_profile divide inf by inf.
 def test_depth_profile_of_an_overflowed_step_is_quiet():
     # What GradientMonitor._depth_profile passed on clean mixed_float16 steps
     # of this soak whose scaled gradient overflowed below the top level.
