@@ -400,13 +400,16 @@ def checkpointed_recurrence(
         tensor = tf.reshape(tensor, [num_segments * k] + _static_shape(tensor)[2:])
         return tensor if static and pad == 0 else tensor[:steps]
 
+    step_mask = tail_mask = None
     if mask is not None:
         step_mask = split(mask, False)
-    elif static and pad == 0:
-        step_mask = None
-    else:
-        # Padding steps only: (segments, k, 1, 1) broadcasts over the batch.
-        step_mask = split(tf.fill([steps, 1, 1], True), False)
+    elif not (static and pad == 0):
+        # Only the last segment can hold padding, and only it pays for a
+        # mask (a tf.where per step costs as much as ~15% of the step here).
+        valid = steps - (num_segments - 1) * k
+        tail_mask = tf.range(k)[:, None, None] < valid
+    # Full segments run in a loop; a padded last one runs on its own.
+    looped = num_segments if tail_mask is None else num_segments - 1
 
     derivative = _DERIVATIVE_FROM_OUTPUT.get(activation_name(activation))
     biased = [level[2] is not None for level in weights]
@@ -433,10 +436,12 @@ def checkpointed_recurrence(
         xs, h0s, levels, xw_ps, h_ps = unpack(args)
         acc_dtype = tf.float32 if xs.dtype.size < 4 else xs.dtype
 
-        def segment_mask(s):
+        def segment_mask(s, tail):
+            if tail:
+                return tail_mask
             return None if step_mask is None else step_mask[s]
 
-        def run_level(level, s, inputs, h, returns="outputs"):
+        def run_level(level, s, inputs, h, returns="outputs", tail=False):
             """(input, xw, what `_forward` returns) of `level` over segment
             `s` from state h."""
             kernel, recurrent_kernel, bias = levels[level]
@@ -453,7 +458,7 @@ def checkpointed_recurrence(
                 h,
                 recurrent_kernel,
                 activation,
-                segment_mask(s),
+                segment_mask(s, tail),
                 rmasks[level],
                 probe,
                 returns=returns,
@@ -465,7 +470,7 @@ def checkpointed_recurrence(
                 element.dtype, size=num_segments, element_shape=element.shape
             )
 
-        def forward_body(s, states, checkpoint_tas, sequence_tas):
+        def forward_segment(s, states, checkpoint_tas, sequence_tas, tail=False):
             inputs = xs[s]
             checkpoint_tas = [ta.write(s, h) for ta, h in zip(checkpoint_tas, states)]
             sequence_tas = list(sequence_tas)
@@ -476,7 +481,12 @@ def checkpointed_recurrence(
                 # sublayer's outputs are needed only when returned.
                 needed = level < depth - 1 or level in kept
                 _, _, result = run_level(
-                    level, s, inputs, states[level], "both" if needed else "last"
+                    level,
+                    s,
+                    inputs,
+                    states[level],
+                    "both" if needed else "last",
+                    tail,
                 )
                 inputs, last = result if needed else (None, result)
                 new_states.append(last)
@@ -493,14 +503,19 @@ def checkpointed_recurrence(
             for _ in kept
         ]
         _, finals, checkpoint_tas, sequence_tas = tf.while_loop(
-            lambda s, *_: s < num_segments,
-            forward_body,
+            lambda s, *_: s < looped,
+            forward_segment,
             (tf.constant(0), list(h0s), [new_ta(h) for h in h0s], sequence_tas),
-            maximum_iterations=num_segments,
-            # Segments depend on each other through the state; 2 lets the
-            # next segment's input projection overlap the current loop.
+            maximum_iterations=looped,
+            # Segments depend on each other through the state; 2 lets a
+            # sublayer start the next segment while the one above it is
+            # still in this one.
             parallel_iterations=2,
         )
+        if tail_mask is not None:
+            _, finals, checkpoint_tas, sequence_tas = forward_segment(
+                looped, finals, checkpoint_tas, sequence_tas, tail=True
+            )
         checkpoints = [ta.stack() for ta in checkpoint_tas]
         outputs = [ta.stack() for ta in sequence_tas]
 
@@ -509,12 +524,14 @@ def checkpointed_recurrence(
             sequence_grads = dict(zip(kept, upstream[: len(kept)]))
             final_grads = upstream[len(kept) :]
 
-            def backward_body(s, carries, accumulators, dx_ta, probe_tas):
+            def backward_segment(
+                s, carries, accumulators, dx_ta, probe_tas, tail=False
+            ):
                 inputs = xs[s]
                 cache = []
                 for level in range(depth):
                     h = checkpoints[level][s]
-                    level_input, xw, inputs = run_level(level, s, inputs, h)
+                    level_input, xw, inputs = run_level(level, s, inputs, h, tail=tail)
                     cache.append((h, level_input, xw, inputs))
                 carries, accumulators = list(carries), list(accumulators)
                 probe_tas = list(probe_tas)
@@ -543,7 +560,7 @@ def checkpointed_recurrence(
                         h,
                         recurrent_kernel,
                         gain_of,
-                        segment_mask(s),
+                        segment_mask(s, tail),
                         rmasks[level],
                         probed,
                         carry=carries[level],
@@ -583,11 +600,14 @@ def checkpointed_recurrence(
                 for level in levels
             ]
             probe_tas = [new_ta(p[0]) for p in (xw_ps + h_ps)] if probed else []
+            state = (carries, accumulators, new_ta(xs[0]), probe_tas)
+            if tail_mask is not None:
+                state = backward_segment(looped, *state, tail=True)[1:]
             result = tf.while_loop(
                 lambda s, *_: s >= 0,
-                backward_body,
-                (num_segments - 1, carries, accumulators, new_ta(xs[0]), probe_tas),
-                maximum_iterations=num_segments,
+                backward_segment,
+                (looped - 1,) + tuple(state),
+                maximum_iterations=looped,
                 # 2: the next segment's recomputation (which needs only its
                 # checkpoints) can overlap this segment's reverse loop.
                 parallel_iterations=2,

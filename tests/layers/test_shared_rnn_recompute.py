@@ -122,32 +122,39 @@ def test_outputs_and_gradients_equal_default(case):
     )
 
 
-def _traced(layer, **function_options):
-    return tf.function(
-        lambda x, mask: _outputs_and_grads(layer, x, mask=mask), **function_options
-    )
+def _traced(layer, masked, **function_options):
+    """`_outputs_and_grads` in a tf.function, given a mask or not (without
+    one, only the padding of the last segment is masked)."""
+
+    def run(x, mask):
+        return _outputs_and_grads(layer, x, mask=mask if masked else None)
+
+    return tf.function(run, **function_options)
 
 
-def test_graph_with_dynamic_time():
+# T=11 and k=4: two full segments and a last one with one padding step.
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_graph_with_dynamic_time(masked):
     x, mask = _data(steps=11)
     default, recomputing = _pair(4, x, depth=2, return_sequences=True)
     dynamic = _traced(
         recomputing,
+        masked,
         input_signature=[
             tf.TensorSpec((None, None, F), tf.float32),
             tf.TensorSpec((None, None), tf.bool),
         ],
     )
-    _assert_same(dynamic(x, mask), _outputs_and_grads(default, x, mask=mask))
+    expected = _outputs_and_grads(default, x, mask=mask if masked else None)
+    _assert_same(dynamic(x, mask), expected)
 
 
-def test_xla_with_static_time():
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_xla_with_static_time(masked):
     x, mask = _data(steps=11)
     default, recomputing = _pair(4, x, go_backwards=True, return_sequences=True)
-    _assert_same(
-        _traced(recomputing, jit_compile=True)(x, mask),
-        _outputs_and_grads(default, x, mask=mask),
-    )
+    expected = _outputs_and_grads(default, x, mask=mask if masked else None)
+    _assert_same(_traced(recomputing, masked, jit_compile=True)(x, mask), expected)
 
 
 def test_stateful_carries_states_like_default():
@@ -178,7 +185,11 @@ def test_mixed_precision_matches_default():
 
 
 def _monitored_fit(rnn, x, y, mask, weights=None):
-    layers = [keras.Input((T, F)), keras.layers.Masking(0.0), rnn]
+    layers = [keras.Input((T, F))]
+    if mask is not None:
+        layers.append(keras.layers.Masking(0.0))
+        x = np.where(mask[..., None], x, 0.0).astype("float32")
+    layers.append(rnn)
     model = keras_seq.Sequential(layers + [keras.layers.Dense(2, name="head")])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     start = model.get_weights()
@@ -186,14 +197,14 @@ def _monitored_fit(rnn, x, y, mask, weights=None):
         model.set_weights(weights)
         start = weights
     monitor = GradientMonitor(every=1)
-    x = np.where(mask[..., None], x, 0.0).astype("float32")
     model.fit(
         x, y, batch_size=B, epochs=2, shuffle=False, verbose=0, callbacks=[monitor]
     )
     return start, model, monitor
 
 
-def test_gradient_monitor_statistics_equal_default():
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_gradient_monitor_statistics_equal_default(masked):
     # Bidirectional: one direction goes backwards; masked; two levels.
     def make_rnn(recompute):
         return keras.layers.Bidirectional(
@@ -203,6 +214,7 @@ def test_gradient_monitor_statistics_equal_default():
         )
 
     x, mask = _data()
+    mask = mask if masked else None  # unmasked: k=3 pads the last segment
     y = np.random.RandomState(1).randn(B, T, 2)
     start, reference, expected = _monitored_fit(make_rnn(None), x, y, mask)
     _, recomputing, monitor = _monitored_fit(make_rnn(3), x, y, mask, start)
