@@ -297,6 +297,9 @@ class SharedRNN(keras.layers.RNN):
     ):
         """One `bptt.recurrence` per sublayer: (top outputs, last states)."""
         recorder = probes.active_recorder()
+        # In the compute dtype: a stateful layer's states arrive as float32
+        # under mixed precision, and the probes concatenate them with h_t.
+        initial_states = [tf.cast(state, dtype) for state in initial_state]
         states = []
         for level in range(self.depth):
             kernel, recurrent_kernel, bias = self._weights(level, dtype)
@@ -311,14 +314,14 @@ class SharedRNN(keras.layers.RNN):
                     self,
                     level,
                     xw,
-                    initial_state[level],
+                    initial_states[level],
                     recurrent_masks[level],
                     mask=time_mask,
                 )
                 xw, probe = xw + record.xw_probe, record.h_probe
             x = bptt.recurrence(
                 xw,
-                tf.cast(initial_state[level], dtype),
+                initial_states[level],
                 recurrent_kernel,
                 self.activation,
                 mask=time_mask,
@@ -337,6 +340,7 @@ class SharedRNN(keras.layers.RNN):
         """All sublayers in one `bptt.checkpointed_recurrence`: (top outputs
         or None when only the last one is needed, last states)."""
         recorder = probes.active_recorder()
+        initial_states = [tf.cast(state, dtype) for state in initial_state]
         records = []
         if recorder is not None:
             # The probes only take their shape from this (T, B, units) zero.
@@ -346,7 +350,7 @@ class SharedRNN(keras.layers.RNN):
                     self,
                     level,
                     like,
-                    initial_state[level],
+                    initial_states[level],
                     recurrent_masks[level],
                     mask=time_mask,
                 )
@@ -355,7 +359,7 @@ class SharedRNN(keras.layers.RNN):
         sequences = "all" if records else ("top" if self.return_sequences else None)
         outputs, states = bptt.checkpointed_recurrence(
             x,
-            [tf.cast(state, dtype) for state in initial_state],
+            initial_states,
             [self._weights(level, dtype) for level in range(self.depth)],
             self.activation,
             self.recompute,
