@@ -335,15 +335,16 @@ def checkpointed_recurrence(
     """A stack of Elman sublayers that keeps only every k-th state for the
     backward pass and recomputes the others, one segment at a time.
 
-    The sequence is cut into segments of k steps (`segment_length`; the last
-    one is padded with masked steps, which carry the state and train
-    nothing). The forward pass runs segment by segment through every
-    sublayer and keeps only each sublayer's state at the start of each
-    segment. The backward pass walks the segments in reverse: it recomputes
-    the segment's states of every sublayer from those checkpoints (the same
-    ops on the same inputs, so the same values), then runs the reverse loop
-    of `_backward` over the segment, top sublayer first, carrying dL/dh into
-    the previous segment. Weight gradients are summed over segments, so no
+    The sequence is cut into segments of k steps (`segment_length`). The
+    last one is padded with masked steps, which carry the state and train
+    nothing; without a user mask only that segment runs with a mask. The
+    forward pass runs segment by segment through every sublayer and keeps
+    only each sublayer's state at the start of each segment. The backward
+    pass walks the segments in reverse: it recomputes the segment's states
+    of every sublayer from those checkpoints (the same ops on the same
+    inputs, so the same values), then runs the reverse loop of `_backward`
+    over the segment, top sublayer first, carrying dL/dh into the previous
+    segment. Weight gradients are summed over segments, so no
     `(T, B, units)` tensor is kept between the passes or built in the
     backward pass: memory grows with T only through the input, its gradient
     and whatever output the caller asks for.

@@ -90,7 +90,8 @@ class SharedRNN(keras.layers.RNN):
             k = ceil(sqrt(T)). Memory then grows with T only through the
             input, its gradient and, with `return_sequences`, the output: at
             T=5000, batch 32, 128 units, depth 2 (benchmarks/rnn_speed.py)
-            k=100 took the training-memory increase from +607 to +139 MB.
+            k=100 took the training-memory increase from +607 to +133 MB
+            at 1.2x the step time.
             While a `GradientMonitor` records a step, every sublayer's
             states and per-step gradients are built anyway for its
             statistics. Needs a Keras activation by name: with a custom
