@@ -77,3 +77,31 @@ def finish(targets_markdown, errors, minutes, json_path, payload):
     if json_path:
         with open(json_path, "w") as file:
             json.dump({**payload, "errors": errors}, file, indent=2)
+
+
+def max_rss_mb():
+    """High-water mark of this process's resident set, in MB."""
+    import resource
+
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    scale = 2**20 if sys.platform == "darwin" else 2**10
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+# A process started straight from a benchmark would report the benchmark's
+# high-water mark as its own ru_maxrss (Linux carries the parent's mark
+# across vfork + exec), so each child starts through a small launcher.
+_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+def run_fresh(script, args, label, errors):
+    """Run `script args...` in a fresh process; return the JSON object its
+    last stdout line holds, or None (with a line appended to `errors`)."""
+    command = [sys.executable, "-c", _LAUNCHER, sys.executable, script, *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        tail = " | ".join(result.stderr.strip().splitlines()[-3:])
+        errors.append(f"{label}: exit {result.returncode}: {tail}")
+        return None
+    return json.loads(lines[-1])

@@ -46,9 +46,7 @@ import functools
 import gc
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -57,7 +55,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_env import environment, finish, targets_table  # noqa: E402
+from bench_env import (  # noqa: E402
+    environment,
+    finish,
+    max_rss_mb,
+    run_fresh,
+    targets_table,
+)
 
 import keras_seq  # noqa: E402
 
@@ -312,12 +316,6 @@ def run_workload_b(args, errors):
 # ---------------------------------------------------------------- memory
 
 
-def max_rss_mb():
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
-    scale = 2**20 if sys.platform == "darwin" else 2**10
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
 def run_memory_child(variant, timesteps):
     """Hidden `--child` mode: one fresh process, prints one JSON line."""
     x, y = workload_data(B_BATCH, timesteps)
@@ -329,37 +327,19 @@ def run_memory_child(variant, timesteps):
     print(json.dumps({"baseline_mb": baseline, "peak_mb": peak}))
 
 
-# A process started straight from this one would report this process's
-# high-water mark as its own ru_maxrss (Linux carries the parent's mark across
-# vfork + exec), so each child starts through a small launcher process.
-LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
-
-
 def run_memory(args, errors):
     rows = []
     for timesteps in args.lengths:
         for variant in b_variants(args):
             progress(f"memory: {variant}, T={timesteps} ...")
-            command = [
-                sys.executable,
-                "-c",
-                LAUNCHER,
-                sys.executable,
+            measured = run_fresh(
                 os.path.abspath(__file__),
-                "--child",
-                variant,
-                str(timesteps),
-            ]
-            result = subprocess.run(command, capture_output=True, text=True)
-            lines = result.stdout.strip().splitlines()
-            if result.returncode != 0 or not lines:
-                tail = " | ".join(result.stderr.strip().splitlines()[-3:])
-                errors.append(
-                    f"memory / {variant}, T={timesteps}: exit "
-                    f"{result.returncode}: {tail}"
-                )
+                ["--child", variant, str(timesteps)],
+                f"memory / {variant}, T={timesteps}",
+                errors,
+            )
+            if measured is None:
                 continue
-            measured = json.loads(lines[-1])
             rows.append(
                 {
                     "timesteps": timesteps,
