@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.compute as pa_compute
 import tensorflow as tf
 
+from keras_seq import _multiworker, diagnostics, monitoring
 from keras_seq import _validation as validation
-from keras_seq import diagnostics, monitoring
 from keras_seq.callbacks import figures, journal
 from keras_seq.callbacks.timestep_store import TimestepStore
 
@@ -241,6 +241,9 @@ class GradientMonitor(keras.callbacks.Callback):
         self._journal = None  # journal.Journal, with a log_dir
         self._starting = False  # a fit began; its first batch not yet
         self._fits_on_model = 0
+        self._models_seen = -1  # models attached so far, minus one
+        self._session_started = False  # the START event is written
+        self._offset = 0  # training steps minus optimizer iterations
 
     @property
     def log_dir(self):
@@ -277,6 +280,7 @@ class GradientMonitor(keras.callbacks.Callback):
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
             self._fits_on_model = 0
+            self._models_seen += 1
             self._counters_model = model
             self._levels = None  # found at the first record, once built
             self._latest, self._latest_depth = {}, None  # the old model's
@@ -322,21 +326,38 @@ class GradientMonitor(keras.callbacks.Callback):
         step, bad = self._next_step, self._bad_seen
         if self._fits_on_model == 0:
             step = max(iterations, self._next_step)
-            if self._fit == 0 and self.log_dir is not None:
+            # Under several workers only the chief has a log_dir: resuming
+            # there alone would number the workers' steps differently (and
+            # mismatch their collectives), so all count from the optimizer.
+            if (
+                self._fit == 0
+                and self.log_dir is not None
+                and not _multiworker.active(self.model)
+            ):
                 step, bad = self._resume(iterations, default=(step, bad))
-                # TensorBoard's readers take a run's first START as its
-                # beginning and every later one as a restart at its step.
-                _write_session_start(pathlib.Path(self.log_dir) / "gradients", step)
             self._counters.assign([step, bad, -1, -1])
         self._fits_on_model += 1
         self._next_step, self._bad_seen = step, bad
         if self.log_dir is not None:
+            self._start_session(step)
             if self._journal is None:
                 self._journal = journal.Journal(
                     pathlib.Path(self.log_dir) / "gradients" / journal.STATE_DIR,
                     _TIMESTEP_COLUMNS,
                 )
-            self._journal.start(step, iterations, self._fit)
+            self._journal.start(
+                step, iterations, self._fit, self._models_seen, _shapes(self.model)
+            )
+            self._offset = step - iterations
+
+    def _start_session(self, step):
+        """Once per monitor, before its summary writer opens its file: a
+        `SessionLog.START` at `step`. TensorBoard's readers take a run's
+        first START as its beginning and every later one as a restart at
+        its step (dropping what earlier files hold from there on)."""
+        if not self._session_started:
+            self._session_started = True
+            _write_session_start(pathlib.Path(self.log_dir) / "gradients", step)
 
     def _resume(self, iterations, default):
         """Take over an earlier process's journal under `log_dir`: keep what
@@ -347,7 +368,14 @@ class GradientMonitor(keras.callbacks.Callback):
         if not history.entries:
             return default
         step = history.resume_step(iterations)
-        step = iterations if step is None else step
+        same_model = history.shapes == _shapes(self.model)
+        if step is None or not same_model:
+            # Another model's journal, or one that moved across models
+            # (fit_reducing_depth): this run starts over from its step.
+            step = iterations
+            history.purge_from(step)
+            if not history.entries:
+                return default
         history.purge_from(step)
         self._fit = history.last_fit + 1
         for line in history.records:
@@ -423,11 +451,18 @@ class GradientMonitor(keras.callbacks.Callback):
                     last_bad,
                     first_bad,
                     new_bad,
-                    steps,
-                    _iterations(self.model),
                     skipped=self.skipped_steps - skipped_before,
                     location=location,
                 )
+        if self._journal is not None:
+            # Training steps minus applied updates changes where an update
+            # was skipped (by the guard, or by a LossScaleOptimizer on an
+            # overflow the monitor does not count): the journal maps the
+            # optimizer's count back to steps from these points.
+            iterations = _iterations(self.model)
+            if steps - iterations != self._offset:
+                self._offset = steps - iterations
+                self._journal.offset(steps, iterations)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.log_dir is None or not self.records:
@@ -664,8 +699,9 @@ class GradientMonitor(keras.callbacks.Callback):
 
     # -- TensorBoard ---------------------------------------------------------
 
-    def _get_writer(self):
+    def _get_writer(self, step=0):
         if self._writer is None:
+            self._start_session(step)
             path = pathlib.Path(self.log_dir) / "gradients"
             # Flushed every few seconds (and at epoch ends, NaN and train end)
             # so a crashed fit loses at most the last seconds of summaries.
@@ -715,7 +751,7 @@ class GradientMonitor(keras.callbacks.Callback):
         """
         if self.log_dir is None:
             return
-        writer = self._get_writer()
+        writer = self._get_writer(int(step))
         with writer.as_default(step=int(step)):
             for tag, value in (scalars or {}).items():
                 tf.summary.scalar(tag, float(value))
@@ -892,12 +928,8 @@ class GradientMonitor(keras.callbacks.Callback):
             return ()
         from keras_seq.callbacks.reset_states import stateful_layers
 
-        stateful = [
-            layer.name
-            for layer in stateful_layers(self.model)
-            if any(name.startswith(f"{layer.name}/") for name in self._latest)
-        ]
-        if not stateful:
+        stateful = [layer.name for layer in stateful_layers(self.model)]
+        if not stateful or not self._latest:
             return ()
         lengths = sorted({d.timesteps for d in self._latest.values()})
         return (
@@ -910,6 +942,13 @@ class GradientMonitor(keras.callbacks.Callback):
     def report(self):
         """The diagnosis as plain text."""
         return self.diagnosis().report()
+
+
+def _shapes(model):
+    """The trainable variables' shapes: which model a journal belongs to
+    (names carry Keras's per-process numbering, `dense_1`, so they differ
+    across processes)."""
+    return [list(v.shape) for v in model.trainable_variables]
 
 
 def _iterations(model):
@@ -938,6 +977,7 @@ def _write_session_start(directory, step):
         ),
     ]
     name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.0-session-start"
+    pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(pathlib.Path(directory) / name)) as writer:
         for event in events:
             writer.write(event.SerializeToString())

@@ -8,7 +8,10 @@ monitor writes one *segment*, numbered in the order they started:
   - `start`, when a `fit` takes its first step: the training step and the
     optimizer's iteration count there, and the `fit` index;
   - `nonfinite`, after a batch with non-finite gradients: the steps, how
-    many, and the optimizer's iteration count after them;
+    many, and where the first was found;
+  - `offset`, after a batch whose update was skipped (by the monitor's
+    guard, or by a LossScaleOptimizer on an overflow): the next step and
+    the optimizer's iteration count there;
   - `record`, after each recorded step: the `to_frame()` row, the variable
     norms and whether the global norm was exploding. This line *commits*
     the record: it is written last.
@@ -24,9 +27,9 @@ segment; rows of a record whose line is missing are dropped.
 
 Training steps count every batch, including those skipped for non-finite
 gradients, while the optimizer's `iterations` count applied updates only;
-the two differ by a constant between non-finite steps, so the `start` and
-`nonfinite` lines map a restored iteration count back to the training step
-it stands for (`resume_step`).
+the two differ by a constant between skipped updates, so the `start` and
+`offset` lines map a restored iteration count back to the training step it
+stands for (`resume_step`).
 """
 
 import json
@@ -99,12 +102,27 @@ class Journal:
         self._lines.write(json.dumps(line) + "\n")
         self._lines.flush()
 
-    def start(self, step, iterations, fit):
+    def start(self, step, iterations, fit, model=0, shapes=()):
+        """A fit's first step; `model` counts the models this monitor moved
+        to before (a journal spanning several cannot be resumed), `shapes`
+        are the trainable variables' (which model wrote it)."""
         self._write(
-            {"kind": "start", "step": step, "iterations": iterations, "fit": fit}
+            {
+                "kind": "start",
+                "step": step,
+                "iterations": iterations,
+                "fit": fit,
+                "model": model,
+                "shapes": [list(shape) for shape in shapes],
+            }
         )
 
-    def nonfinite(self, step, first, count, next_step, iterations, skipped, location):
+    def offset(self, step, iterations):
+        """From `step` on, steps run ahead of the optimizer's `iterations`
+        by a new amount (an update was skipped)."""
+        self._write({"kind": "offset", "step": step, "iterations": iterations})
+
+    def nonfinite(self, step, first, count, skipped, location):
         layer, timestep = location
         self._write(
             {
@@ -112,8 +130,6 @@ class Journal:
                 "step": step,
                 "first": first,
                 "count": count,
-                "next_step": next_step,
-                "iterations": iterations,
                 "skipped": skipped,
                 "layer": layer,
                 "timestep": None if timestep is None else int(timestep),
@@ -183,6 +199,8 @@ class History:
         self.nonfinite = []
         self.entries = []
         self.last_fit = -1
+        self.moved = False  # the monitor moved to another model meanwhile
+        self.shapes = None  # trainable variable shapes of the last start
         self.timesteps = {}  # (step, fit) -> pyarrow.Table
 
     def purge_from(self, step):
@@ -194,7 +212,11 @@ class History:
     def resume_step(self, iterations):
         """The training step that follows `iterations` applied updates:
         from the last mapping entry at or below it (the offset between the
-        two changes only at non-finite steps). None without entries."""
+        two changes only where an update was skipped). None without
+        entries, or when the journal spans several models (each with its
+        own optimizer count)."""
+        if self.moved:
+            return None
         best = None
         for step, seen in self.entries:
             if seen <= iterations:
@@ -224,9 +246,12 @@ def load(directory):
                 history.purge_from(line["step"])
                 history.entries.append((line["step"], line["iterations"]))
                 history.last_fit = max(history.last_fit, line["fit"])
+                history.moved |= line.get("model", 0) > 0
+                history.shapes = line.get("shapes")
+            elif kind == "offset":
+                history.entries.append((line["step"], line["iterations"]))
             elif kind == "nonfinite":
                 history.nonfinite.append(line)
-                history.entries.append((line["next_step"], line["iterations"]))
             elif kind == "record":
                 line["row"] = {k: _unplain(v) for k, v in line["row"].items()}
                 line["norms"] = [_unplain(n) for n in line["norms"]]

@@ -131,3 +131,55 @@ def test_without_the_resume_event_tensorboard_would_show_steps_twice(run):
     events.Reload()
     steps = [p.step for p in events.Tensors("gradients/global_norm")]
     assert len(steps) > len(out["steps"])
+
+
+def test_resume_counts_the_loss_scale_optimizers_own_skips(tmp_path):
+    # In process: a second monitor and model restored by BackupAndRestore
+    # from the end of the first fit. A LossScaleOptimizer starting at a huge
+    # scale skips its first updates (overflows, not NaN data): training
+    # steps run ahead of its iteration count, and the restart must know.
+    import keras
+
+    import keras_seq
+
+    keras.config.set_dtype_policy("mixed_float16")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6, 3)).astype("float32")
+    y = rng.normal(size=(32, 1)).astype("float32")
+
+    def fit(epochs):
+        model = keras.Sequential(
+            [
+                keras.Input((6, 3)),
+                keras_seq.layers.SharedRNN(4, name="rnn"),
+                keras.layers.Dense(1, dtype="float32"),
+            ]
+        )
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.Adam(0.01), initial_scale=2.0**60
+        )
+        model.compile(optimizer=optimizer, loss="mse")
+        monitor = keras_seq.callbacks.GradientMonitor(
+            log_dir=tmp_path / "logs", every=1
+        )
+        backup = keras.callbacks.BackupAndRestore(
+            tmp_path / "backup", delete_checkpoint=False
+        )
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+            callbacks=[backup, monitor],
+        )
+        return model, monitor
+
+    first, monitor = fit(2)
+    assert int(first.optimizer.iterations.numpy()) < monitor.steps == 8
+    assert monitor.skipped_steps == 0  # overflows are not NaN events
+    _, resumed = fit(3)
+    frame = resumed.to_frame()
+    assert frame["step"].tolist() == list(range(12))
+    assert frame["fit"].tolist() == [0] * 8 + [1] * 4

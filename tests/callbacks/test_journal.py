@@ -31,7 +31,8 @@ def test_a_later_start_drops_what_earlier_segments_hold_from_its_step(tmp_path):
     first.start(0, 0, 0)
     for step in range(5):
         _record(first, step)
-    first.nonfinite(3, 3, 1, 4, 3, skipped=1, location=("rnn/level_0", 2))
+    first.nonfinite(3, 3, 1, skipped=1, location=("rnn/level_0", 2))
+    first.offset(4, 3)
     first.close()
     second = journal.Journal(tmp_path, COLUMNS)
     second.start(2, 2, 1)
@@ -77,3 +78,13 @@ def test_a_torn_end_keeps_everything_committed_before_it(tmp_path, cut):
 def test_a_missing_directory_is_an_empty_history(tmp_path):
     history = journal.load(tmp_path / "nothing")
     assert history.records == [] and history.entries == []
+
+
+def test_a_journal_spanning_several_models_is_not_resumed(tmp_path):
+    # fit_reducing_depth moves one monitor across models, each optimizer
+    # counting from 0: no iteration count maps to one step.
+    writer = journal.Journal(tmp_path, COLUMNS)
+    writer.start(0, 0, 0, model=0)
+    writer.start(40, 0, 1, model=1)
+    writer.close()
+    assert journal.load(tmp_path).resume_step(0) is None
