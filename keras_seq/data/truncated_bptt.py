@@ -25,9 +25,12 @@ class TruncatedBPTT:
     padding). Rows are grouped by length (fewer padded steps), a group has
     as many chunks as its longest row needs, and steps past a row's end get
     sample weight 0 (the model's output there is ignored by the loss and
-    its gradient). The last group is filled up to `batch_size` with
-    all-padding rows of weight 0: a stateful model needs the same batch size
-    for every batch (keras-team/keras#20327).
+    its gradient; with Keras's default `sum_over_batch_size` reduction the
+    loss is still divided by every step of the batch, and metrics count the
+    weights only as `weighted_metrics`). The last group is filled up to
+    `batch_size` with rows of weight 0 (copies of the first row): a stateful
+    model needs the same batch size for every batch
+    (keras-team/keras#20327).
 
     Train on `.dataset`, a `tf.data.Dataset` (Keras never reorders one, where
     it shuffles the batches of arrays or a `PyDataset` by default, which
@@ -36,12 +39,14 @@ class TruncatedBPTT:
     (`shuffle=True`) reorders whole groups, each epoch, in step with
     `ResetStates`, which tells this object which epoch is starting.
 
-    `.dataset` yields `(x, y, sample_weight)` with shapes `(batch_size, chunk_length,
-    ...)`; `sample_weight` is `(batch_size, chunk_length)`, per step, so the
+    `.dataset` yields `(x, y, sample_weight)` with shapes `(batch_size, k,
+    ...)`, k = `min(chunk_length, timesteps)` (a short last chunk is padded
+    with weight 0); `sample_weight` is `(batch_size, k)`, per step, so the
     model must return sequences (`return_sequences=True`).
 
     Args:
-        x: array `(sequences, timesteps, features...)`.
+        x: array `(sequences, timesteps, ...)`: features, or token ids
+            `(sequences, timesteps)` for an `Embedding`.
         y: array `(sequences, timesteps, ...)`: a target per time step.
         chunk_length: Integer >= 1, steps per chunk (k). With k >= the
             longest sequence each group is one batch: full BPTT.
@@ -92,10 +97,12 @@ class TruncatedBPTT:
                 f"Argument `shuffle` must be a bool. Received: shuffle={shuffle!r}"
             )
         x, y = np.asarray(x), np.asarray(y)
-        if x.ndim < 3:
+        if x.ndim < 2 or x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(
-                "Argument `x` must be an array (sequences, timesteps, features"
-                f"...). Received: x with shape {x.shape}"
+                "Argument `x` must be an array (sequences, timesteps, ...) "
+                "with at least one sequence and one step (token ids "
+                "(sequences, timesteps) for an Embedding, or features). "
+                f"Received: x with shape {x.shape}"
             )
         if y.ndim < 2 or y.shape[:2] != x.shape[:2]:
             raise ValueError(
@@ -144,7 +151,9 @@ class TruncatedBPTT:
         self.seed = seed
         # Without a seed, one drawn from numpy's global generator (which
         # keras.utils.set_random_seed seeds): each epoch's order is fixed.
-        self._seed = np.random.randint(2**31) if seed is None else seed
+        self._seed = seed
+        if seed is None and shuffle:
+            self._seed = np.random.randint(2**31)
         # Groups of rows of similar length; -1 is a filler row (weight 0).
         order = np.argsort(-lengths, kind="stable") if lengths.min() < steps else None
         rows = np.arange(count) if order is None else order

@@ -45,6 +45,7 @@ def test_all_matches_public_names():
     assert sorted(keras_seq.data.__all__) == sorted(
         [
             "NextWordDataset",
+            "TruncatedBPTT",
             "adding_problem",
             "complete",
             "load_idioms",

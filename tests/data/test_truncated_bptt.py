@@ -248,7 +248,8 @@ def test_reset_states_needs_a_stateful_model():
         ({"lengths": [0, 4, 4, 4]}, ValueError, "lengths"),
         ({"sample_weight": np.ones((4, 2))}, ValueError, "sample_weight"),
         ({"y": np.ones((4, 1))}, ValueError, "target per time step"),
-        ({"x": np.ones((4, 12))}, ValueError, "`x`"),
+        ({"x": np.ones((4,))}, ValueError, "`x`"),
+        ({"x": np.ones((0, 12, 3)), "y": np.ones((0, 12, 2))}, ValueError, "`x`"),
         ({"shuffle": "yes"}, TypeError, "shuffle"),
     ],
 )
@@ -261,15 +262,20 @@ def test_bad_arguments_name_themselves(kwargs, error, match):
 
 def test_shuffled_groups_follow_the_epoch_and_reset_where_they_begin():
     # fit(shuffle=True), Keras's default, leaves a tf.data.Dataset alone;
-    # the groups are shuffled per epoch here, and resets follow.
+    # the groups are shuffled per epoch here, and resets follow: two epochs
+    # train as the reference over both epochs' chunks in their order.
     x, y = _data(sequences=8, steps=9)
     # Groups by length: (9, 9) and (9, 6) 3 chunks, (6, 3) 2, (3, 2) 1.
     data = keras_seq.data.TruncatedBPTT(
         x, y, 3, BATCH, lengths=[9, 9, 3, 3, 6, 6, 2, 9], seed=1
     )
-    assert data.chunks(0) != data.chunks(1)
+    assert data.boundaries(0) != data.boundaries(1)
     assert data.chunks(1) == data.chunks(1)
+    chunks = data.chunks(0) + data.chunks(1)
+    batches = [data.batch(g, c) for g, c in chunks]
+    boundaries = {i for i, (_, c) in enumerate(chunks) if c == 0}
     model = _model(stateful=True)
+    start = model.get_weights()
     probe = _StatesAtBegin()
     model.fit(
         data.dataset,
@@ -277,6 +283,36 @@ def test_shuffled_groups_follow_the_epoch_and_reset_where_they_begin():
         verbose=0,
         callbacks=[keras_seq.callbacks.ResetStates(data), probe],
     )
-    expected = [i in data.boundaries(e) for e in (0, 1) for i in range(len(data))]
-    assert probe.zero == expected
-    assert data.boundaries(0) != data.boundaries(1)
+    assert probe.zero == [i in boundaries for i in range(len(chunks))]
+    for actual, expected in zip(
+        model.get_weights(), _reference_weights(start, batches, boundaries)
+    ):
+        assert_close(actual, expected, tol=1e-5)
+
+
+def test_token_ids_for_an_embedding():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 20, size=(4, 10))
+    data = keras_seq.data.TruncatedBPTT(tokens[:, :-1], tokens[:, 1:], 4, BATCH)
+    x, y, w = next(iter(data))
+    assert x.shape == (BATCH, 4) and x.dtype == tokens.dtype and w.shape == (2, 4)
+    model = keras.Sequential(
+        [
+            keras.Input((None,), batch_size=BATCH, dtype="int32"),
+            keras.layers.Embedding(20, 5),
+            keras_seq.layers.SharedRNN(6, return_sequences=True, stateful=True),
+            keras.layers.Dense(20),
+        ]
+    )
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = model.fit(
+        data.dataset,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras_seq.callbacks.ResetStates(data)],
+    )
+    assert np.isfinite(history.history["loss"]).all()
