@@ -245,9 +245,10 @@ class Run:
 
     def progress(self, every=1, label=None):
         """A Keras callback printing one line per `every` epochs (and the
-        last, also when training stops early): the epoch, the logged metrics and the seconds since the fit
-        began. Use it with `fit(..., verbose=0)` where Keras's progress bar
-        would print two lines per short epoch.
+        last, also when training stops early): the epoch, the logged
+        metrics and the seconds since the fit began. Use it with
+        `fit(..., verbose=0)` where Keras's progress bar would print two
+        lines per short epoch.
 
         Args:
             every: Integer >= 1 (default 1).

@@ -175,7 +175,8 @@ def _nonfinite_everywhere(grads):
         return grads
     values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
     count = tf.add_n(
-        [
+        [tf.constant(0.0)]
+        + [
             tf.reduce_sum(tf.cast(~tf.math.is_finite(v), tf.float32))
             for v in values
             if v is not None
