@@ -68,30 +68,36 @@ class _StatesAtBegin(keras.callbacks.Callback):
         self.zero.append(all(not np.any(keras.ops.convert_to_numpy(s)) for s in states))
 
 
+def _fit_matches_the_reference(data, epochs):
+    """fit() over `epochs` equals the reference over each epoch's chunks in
+    that epoch's order, and states are zero exactly where groups begin."""
+    chunks = [chunk for epoch in range(epochs) for chunk in data.chunks(epoch)]
+    batches = [data.batch(g, c) for g, c in chunks]
+    boundaries = {i for i, (_, c) in enumerate(chunks) if c == 0}
+    model = _model(stateful=True)
+    start = model.get_weights()
+    probe = _StatesAtBegin()
+    model.fit(
+        data.dataset,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[keras_seq.callbacks.ResetStates(data), probe],
+    )
+    assert probe.zero == [i in boundaries for i in range(len(chunks))]
+    for actual, expected in zip(
+        model.get_weights(), _reference_weights(start, batches, boundaries)
+    ):
+        assert_close(actual, expected, tol=1e-5)
+
+
 @pytest.mark.parametrize("chunk, shuffle", [(5, False), (4, True)])
 def test_chunks_train_as_an_unrolled_reference(chunk, shuffle):
     x, y = _data(steps=12)
     data = keras_seq.data.TruncatedBPTT(
         x, y, chunk_length=chunk, batch_size=BATCH, shuffle=shuffle, seed=3
     )
-    batches = list(data)
-    boundaries = set(data.boundaries(0))
     assert len(data) == 2 * -(-12 // chunk)
-    model = _model(stateful=True)
-    start = model.get_weights()
-    probe = _StatesAtBegin()
-    model.fit(
-        data.dataset,
-        epochs=1,
-        verbose=0,
-        callbacks=[keras_seq.callbacks.ResetStates(data), probe],
-    )
-    # States are zero exactly where a group begins.
-    assert probe.zero == [i in boundaries for i in range(len(data))]
-    for actual, expected in zip(
-        model.get_weights(), _reference_weights(start, batches, boundaries)
-    ):
-        assert_close(actual, expected, tol=1e-5)
+    _fit_matches_the_reference(data, epochs=1)
 
 
 def test_a_chunk_as_long_as_the_sequence_is_full_bptt():
@@ -271,23 +277,7 @@ def test_shuffled_groups_follow_the_epoch_and_reset_where_they_begin():
     )
     assert data.boundaries(0) != data.boundaries(1)
     assert data.chunks(1) == data.chunks(1)
-    chunks = data.chunks(0) + data.chunks(1)
-    batches = [data.batch(g, c) for g, c in chunks]
-    boundaries = {i for i, (_, c) in enumerate(chunks) if c == 0}
-    model = _model(stateful=True)
-    start = model.get_weights()
-    probe = _StatesAtBegin()
-    model.fit(
-        data.dataset,
-        epochs=2,
-        verbose=0,
-        callbacks=[keras_seq.callbacks.ResetStates(data), probe],
-    )
-    assert probe.zero == [i in boundaries for i in range(len(chunks))]
-    for actual, expected in zip(
-        model.get_weights(), _reference_weights(start, batches, boundaries)
-    ):
-        assert_close(actual, expected, tol=1e-5)
+    _fit_matches_the_reference(data, epochs=2)
 
 
 def test_token_ids_for_an_embedding():
