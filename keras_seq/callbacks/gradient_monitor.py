@@ -324,6 +324,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self._starting = False
         iterations = _iterations(self.model)
         step, bad = self._next_step, self._bad_seen
+        purge = None  # where readers drop earlier data; None: at `step`
         if self._fits_on_model == 0:
             step = max(iterations, self._next_step)
             # Under several workers only the chief has a log_dir: resuming
@@ -334,19 +335,26 @@ class GradientMonitor(keras.callbacks.Callback):
                 and self.log_dir is not None
                 and not _multiworker.active(self.model)
             ):
-                step, bad = self._resume(iterations, default=(step, bad))
+                step, bad, resumed = self._resume(iterations, default=(step, bad))
+                # A run that takes nothing over hides all earlier data.
+                purge = step if resumed else 0
             self._counters.assign([step, bad, -1, -1])
         self._fits_on_model += 1
         self._next_step, self._bad_seen = step, bad
         if self.log_dir is not None:
-            self._start_session(step)
+            self._start_session(step if purge is None else purge)
             if self._journal is None:
                 self._journal = journal.Journal(
                     pathlib.Path(self.log_dir) / "gradients" / journal.STATE_DIR,
                     _TIMESTEP_COLUMNS,
                 )
             self._journal.start(
-                step, iterations, self._fit, self._models_seen, _shapes(self.model)
+                step,
+                iterations,
+                self._fit,
+                self._models_seen,
+                _shapes(self.model),
+                purge=purge,
             )
             self._offset = step - iterations
 
@@ -362,20 +370,15 @@ class GradientMonitor(keras.callbacks.Callback):
     def _resume(self, iterations, default):
         """Take over an earlier process's journal under `log_dir`: keep what
         it recorded before the step `iterations` stands for, and return that
-        step and the count of non-finite steps before it."""
+        step, the count of non-finite steps before it and True; `default`
+        and False when there is nothing to take over."""
         directory = pathlib.Path(self.log_dir) / "gradients"
         history = journal.load(directory / journal.STATE_DIR)
-        if not history.entries:
-            return default
         step = history.resume_step(iterations)
-        same_model = history.shapes == _shapes(self.model)
-        if step is None or not same_model:
-            # Another model's journal, or one that moved across models
-            # (fit_reducing_depth): this run starts over from its step.
-            step = iterations
-            history.purge_from(step)
-            if not history.entries:
-                return default
+        if step is None or history.shapes != _shapes(self.model):
+            # No journal, another model's, or one that moved across models
+            # (fit_reducing_depth): this run starts over, nothing taken.
+            return (*default, False)
         history.purge_from(step)
         self._fit = history.last_fit + 1
         for line in history.records:
@@ -416,7 +419,7 @@ class GradientMonitor(keras.callbacks.Callback):
         # The START event `_begin_fit` writes at `step` hides the events the
         # earlier run wrote from `step` on; the layout at step 0 stays.
         self._layout_written = step > 0
-        return step, bad
+        return step, bad, True
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._starting:

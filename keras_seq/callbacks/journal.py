@@ -102,14 +102,17 @@ class Journal:
         self._lines.write(json.dumps(line) + "\n")
         self._lines.flush()
 
-    def start(self, step, iterations, fit, model=0, shapes=()):
+    def start(self, step, iterations, fit, model=0, shapes=(), purge=None):
         """A fit's first step; `model` counts the models this monitor moved
         to before (a journal spanning several cannot be resumed), `shapes`
-        are the trainable variables' (which model wrote it)."""
+        are the trainable variables' (which model wrote it). Readers drop
+        what earlier segments hold from step `purge` on (default `step`;
+        0 for a run that took nothing over)."""
         self._write(
             {
                 "kind": "start",
                 "step": step,
+                "purge": step if purge is None else purge,
                 "iterations": iterations,
                 "fit": fit,
                 "model": model,
@@ -243,7 +246,7 @@ def load(directory):
         for line in _read_lines(path):
             kind = line.get("kind")
             if kind == "start":
-                history.purge_from(line["step"])
+                history.purge_from(line.get("purge", line["step"]))
                 history.entries.append((line["step"], line["iterations"]))
                 history.last_fit = max(history.last_fit, line["fit"])
                 history.moved |= line.get("model", 0) > 0

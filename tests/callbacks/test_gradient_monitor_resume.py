@@ -183,3 +183,38 @@ def test_resume_counts_the_loss_scale_optimizers_own_skips(tmp_path):
     frame = resumed.to_frame()
     assert frame["step"].tolist() == list(range(12))
     assert frame["fit"].tolist() == [0] * 8 + [1] * 4
+
+
+def test_another_model_in_the_same_log_dir_starts_over(tmp_path):
+    import keras
+
+    import keras_seq
+
+    x = np.ones((16, 5, 2), "float32")
+    y = np.ones((16, 1), "float32")
+
+    def fit(units, iterations):
+        model = keras.Sequential(
+            [
+                keras.Input((5, 2)),
+                keras_seq.layers.SharedRNN(units),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer="sgd", loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.iterations.assign(iterations)
+        monitor = keras_seq.callbacks.GradientMonitor(log_dir=tmp_path, every=1)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[monitor])
+        return monitor.to_frame()
+
+    assert fit(units=3, iterations=0)["step"].tolist() == [0, 1, 2, 3]
+    # Same steps, same log_dir, other weights: nothing of the first run is
+    # taken over (its journal maps iterations 2 to step 2).
+    frame = fit(units=4, iterations=2)
+    assert frame["step"].tolist() == [2, 3, 4, 5]
+    assert frame["fit"].tolist() == [0] * 4
+    # The same model again continues the journal.
+    again = fit(units=4, iterations=6)
+    assert again["step"].tolist() == list(range(2, 10))
+    assert again["fit"].tolist() == [0] * 4 + [1] * 4
