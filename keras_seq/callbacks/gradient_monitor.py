@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_seq import _multiworker, diagnostics, monitoring
 from keras_seq import _validation as validation
 from keras_seq.callbacks import figures, journal
+from keras_seq.callbacks.reset_states import stateful_layers
 from keras_seq.callbacks.timestep_store import TimestepStore
 
 _ON_NAN = ("stop", "skip", "warn")
@@ -82,8 +83,9 @@ class GradientMonitor(keras.callbacks.Callback):
     after that appear once (the new run's), and a `SessionLog.START` event at
     that step makes TensorBoard drop the earlier run's points from there on.
     A crash inside a step's own write loses that step's record only. One
-    `log_dir` holds one training run: a fresh model in it (step 0) starts the
-    frames and the TensorBoard run over. Without a `log_dir` nothing is kept.
+    `log_dir` holds one training run: a fresh model in it (step 0), another
+    model, or a journal spanning several models starts the frames and the
+    TensorBoard run over. Without a `log_dir` nothing is kept.
 
     Args:
         log_dir: Optional TensorBoard log directory (default None: no files).
@@ -929,8 +931,6 @@ class GradientMonitor(keras.callbacks.Callback):
     def _notes(self):
         if self.model is None:
             return ()
-        from keras_seq.callbacks.reset_states import stateful_layers
-
         stateful = [layer.name for layer in stateful_layers(self.model)]
         if not stateful or not self._latest:
             return ()

@@ -92,10 +92,7 @@ class TruncatedBPTT:
     ):
         validation.check_positive_int("chunk_length", chunk_length)
         validation.check_positive_int("batch_size", batch_size)
-        if not isinstance(shuffle, bool):
-            raise TypeError(
-                f"Argument `shuffle` must be a bool. Received: shuffle={shuffle!r}"
-            )
+        validation.check_bool("shuffle", shuffle)
         x, y = np.asarray(x), np.asarray(y)
         if x.ndim < 2 or x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(
