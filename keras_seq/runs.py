@@ -349,7 +349,7 @@ class Run:
         self._figures[name] = path.name
         return path
 
-    def finish(self, figures, tables=None, notes=()):
+    def finish(self, figures, tables=None, notes=(), commands=()):
         """Writes `summary.json` and prints the run's description.
 
         Args:
@@ -358,6 +358,13 @@ class Run:
                 comparison tables (printed with their titles).
             notes: Sentences printed after the figures, to say what the
                 numbers mean (for example that a run was too short).
+            commands: Optional shell commands to go on with, each a string
+                or a `(command, comment)` pair (see `shell_command`),
+                printed last under "Go on with:" in place of the
+                TensorBoard line (which `keras-seq report` keeps). Include
+                `tensorboard_command(run.dir)` where it belongs; it is
+                added last otherwise. Not saved: they name paths from the
+                current directory.
 
         Returns:
             The summary, as written to `summary.json`.
@@ -385,7 +392,7 @@ class Run:
         text = json.dumps(summary, indent=2, allow_nan=True) + "\n"
         (self.dir / _SUMMARY_FILE).write_text(text, encoding="utf-8")
         print()
-        print(describe(self.dir))
+        print(describe(self.dir, commands=commands))
         return summary
 
 
@@ -462,7 +469,7 @@ def latest_run(directory):
     return max(finished, key=lambda child: (child / _SUMMARY_FILE).stat().st_mtime)
 
 
-def describe(run_dir):
+def describe(run_dir, *, commands=()):
     """The description of a finished run, read from its files.
 
     What `Run.finish` printed at the end of the run: the recipe and its
@@ -471,6 +478,10 @@ def describe(run_dir):
 
     Args:
         run_dir: A run directory, holding `summary.json`.
+        commands: Optional commands to go on with (strings or `(command,
+            comment)` pairs), shown last under "Go on with:" instead of
+            the TensorBoard line; the TensorBoard command is added last
+            when none of them is it.
 
     Returns:
         A string.
@@ -532,7 +543,19 @@ def describe(run_dir):
             f"Picture {name}: {_shown(run_dir / file)}"
             for name, file in pictures.items()
         ]
-    lines += ["", f"TensorBoard: {tensorboard_command(run_dir)}"]
+    tensorboard = tensorboard_command(run_dir)
+    if not commands:
+        lines += ["", f"TensorBoard: {tensorboard}"]
+        return "\n".join(lines)
+    pairs = [(c, "") if isinstance(c, str) else tuple(c) for c in commands]
+    if tensorboard not in (command for command, _ in pairs):
+        pairs.append((tensorboard, ""))
+    width = max((len(command) for command, comment in pairs if comment), default=0)
+    lines += ["", "Go on with:"]
+    lines += [
+        f"  {command:<{width}}  # {comment}" if comment else f"  {command}"
+        for command, comment in pairs
+    ]
     return "\n".join(lines)
 
 

@@ -142,13 +142,16 @@ def main(argv=None):
     print("\nCompletions (top 3 with probabilities; the corpus's next words):")
     width = max(len(p) for p in prompts)
     hits = 0
+    completed = {}  # prompt -> its top 3, for the closing commands
     for prompt, row in zip(prompts, probabilities):
         best = np.argsort(-row, kind="stable")[:3]
         shown = ", ".join(f"{vocabulary[i]} {row[i]:.2f}" for i in best)
+        completed[prompt] = shown
         expected = sorted(following[prompt])
         hits += vocabulary[best[0]] in expected
         print(f"  {prompt:<{width}}  -> {shown:<40} ({' or '.join(expected)})")
 
+    # The closing commands, as the README's quick start shows them.
     model_option = [] if args.log_dir is None else ["--model", run.dir]
     complete = runs.shell_command(
         "keras-seq", "complete", "once in a blue", *model_option
@@ -169,7 +172,11 @@ def main(argv=None):
             f"Accuracy on all {len(y)} training pairs: the task is to memorise "
             "the corpus. The ceilings are what a perfect model reaches, as "
             "some prefixes start several idioms.",
-            f"Complete your own prompts: {complete}",
+        ],
+        commands=[
+            (complete, completed.get("once in a blue", "next words, best first")),
+            runs.tensorboard_command(run.dir),
+            (runs.shell_command("keras-seq", "list"), "the other recipes"),
         ],
     )
     return 0

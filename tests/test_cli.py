@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,10 +50,30 @@ def imported_tensorflow(importtime_stderr):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """`keras-seq run next_word --smoke` through the console script."""
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    result = keras_seq_command("run", "next_word", "--smoke", "--log-dir", str(run_dir))
+    """`keras-seq run next_word --smoke` through the console script, in a
+    fresh directory: it writes runs/next_word/<timestamp>/ there."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    result = keras_seq_command("run", "next_word", "--smoke", cwd=cwd)
+    (run_dir,) = (cwd / "runs" / "next_word").iterdir()
     return result, run_dir
+
+
+def readme_block_after(sentence):
+    """The lines of the README's first code block after `sentence`."""
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    found = re.search(r"\s+".join(map(re.escape, sentence.split())), text)
+    assert found, f"README.md no longer says {sentence!r}"
+    block = text[found.end() :].split("```", 2)[1]
+    return block.splitlines()[1:]  # without the ```bash line
+
+
+def command_and_comment(line):
+    """The words of a shell line (whatever the quoting) and its comment."""
+    words = shlex.split(line, comments=False)
+    if "#" in words:
+        at = words.index("#")
+        return words[:at], " ".join(words[at + 1 :])
+    return words, ""
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +135,30 @@ def test_run_trains_and_prints_without_tensorflow_noise(smoke_run):
     assert not NOISE.search(result.stderr), result.stderr
     assert "Final figures:" in result.stdout
     assert "Gradient diagnosis at step" in result.stdout
-    assert result.stdout.rstrip().endswith(f"--logdir {run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["recipe"] == "next_word" and summary["arguments"]["smoke"]
+
+
+def test_run_ends_with_the_commands_the_readme_shows(smoke_run):
+    result, run_dir = smoke_run
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.rstrip().splitlines()
+    readme = readme_block_after("It ends with the commands to go on:")
+    assert printed[-len(readme) - 1] == "Go on with:"
+    bin_dir = str(COMMAND.parent)
+    timestamp = run_dir.name
+    assert re.fullmatch(r"\d{8}-\d{6}", timestamp)
+    for shown, documented in zip(printed[-len(readme) :], readme):
+        # The README runs them from the checkout: .venv/bin/..., and says
+        # <timestamp> for the run's directory.
+        documented = documented.replace(".venv/bin", bin_dir)
+        documented = documented.replace("<timestamp>", timestamp)
+        command, comment = command_and_comment(shown)
+        expected_command, expected_comment = command_and_comment(documented)
+        assert command == expected_command
+        assert bool(comment) == bool(expected_comment)
+        if "complete" not in command:  # its comment shows the run's words
+            assert comment == expected_comment
 
 
 def test_run_passes_bad_options_back_as_one_line(tmp_path):

@@ -152,6 +152,26 @@ def test_save_and_finish_write_what_describe_reads(tmp_path, capsys):
     assert text.endswith(runs.tensorboard_command(run.dir))
 
 
+def test_finish_ends_with_the_commands_to_go_on(tmp_path, capsys):
+    run = runs.start("demo", parse(["--log-dir", str(tmp_path)]))
+    run.finish({"x": 1}, commands=[("keras-seq list", "the recipes"), "echo hi"])
+    printed = capsys.readouterr().out.rstrip().splitlines()
+    assert printed[-4:] == [
+        "Go on with:",
+        "  keras-seq list  # the recipes",
+        "  echo hi",
+        f"  {runs.tensorboard_command(tmp_path)}",  # added, last
+    ]
+    # Not saved: the report of the run ends with the TensorBoard line.
+    assert runs.describe(tmp_path).endswith(
+        f"\n\nTensorBoard: {runs.tensorboard_command(tmp_path)}"
+    )
+    tensorboard_first = [runs.tensorboard_command(tmp_path), ("b", "c")]
+    assert runs.describe(tmp_path, commands=tensorboard_first).endswith(
+        f"Go on with:\n  {runs.tensorboard_command(tmp_path)}\n  b  # c"
+    )
+
+
 def test_describe_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a finished run"):
         runs.describe(tmp_path)
