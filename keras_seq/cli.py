@@ -3,7 +3,8 @@
     keras-seq list                                  the recipes
     keras-seq run NAME [options]                    run a recipe
     keras-seq complete "feeling under the" [-k 5]   next words from a model
-    keras-seq report RUN_DIR                        a finished run's findings
+    keras-seq report RUN_DIR                        a finished run's findings,
+                                                    or a GradientMonitor's log_dir
 
 Exit codes: 0 success, 1 failure, 2 bad usage; errors are one line on
 stderr. `list`, `report` and `--help` do not import TensorFlow; `run` and
@@ -159,11 +160,14 @@ def _build_parser():
 
     report = commands.add_parser(
         "report",
-        help="the gradient diagnosis and final figures of a finished run",
+        help="the gradient diagnosis and final figures of a finished run, "
+        "or what a GradientMonitor wrote to its log_dir",
         description="Prints the final figures, the gradient diagnosis and the "
         "TensorBoard command of a finished run, from its files (no "
         "TensorFlow). RUN_DIR may also be a recipe's directory, e.g. "
-        "runs/next_word: its latest run.",
+        "runs/next_word: its latest run; or the log_dir of your own "
+        "GradientMonitor(log_dir=...): the steps it recorded, the global "
+        "gradient norm's range and its latest diagnosis.",
     )
     report.add_argument("run_dir", metavar="RUN_DIR", type=pathlib.Path)
     report.set_defaults(handler=_report)
@@ -310,14 +314,21 @@ def _report(args):
     if not args.run_dir.exists():
         raise _Failure("report", f"no such directory: {args.run_dir}", code=2)
     run_dir = runs.latest_run(args.run_dir)
-    if run_dir is None:
-        raise _Failure(
-            "report",
-            f"{args.run_dir} is not a finished run and holds none (a "
-            f"run writes {runs._SUMMARY_FILE} when it ends)",
-        )
     try:
-        text = runs.describe(run_dir)
+        if run_dir is not None:
+            text = runs.describe(run_dir)
+        elif runs._monitor_events(args.run_dir):
+            text = runs.describe_log_dir(args.run_dir)
+        else:
+            raise _Failure(
+                "report",
+                f"{args.run_dir} is neither a finished run nor a "
+                "GradientMonitor log_dir: expected a recipe run's "
+                f"{runs._SUMMARY_FILE} (written when it ends) in it or in a "
+                "subdirectory, or TensorBoard event files under "
+                f"{args.run_dir / runs._MONITOR_RUN}/ (written by "
+                "GradientMonitor(log_dir=...))",
+            )
     except (OSError, ValueError) as error:
         raise _Failure("report", str(error)) from None
     print(text)

@@ -41,7 +41,8 @@ monitor, label="lstm")` write the same files in the subdirectory `lstm/`
 (TensorBoard shows `lstm/train`, `lstm/gradients`, ...). `run.progress()`
 is a callback printing one line per epoch, for `fit(..., verbose=0)`.
 `keras-seq report RUN_DIR` prints what `Run.finish` printed, from these
-files.
+files; for the `log_dir` of a user's own `GradientMonitor` it prints
+`describe_log_dir(log_dir)`.
 
 Errors: the parser prints bad options as one line on stderr and exits with
 code 2 (never a traceback); a recipe reports bad data the same way with
@@ -59,6 +60,7 @@ import math
 import numbers
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import sys
@@ -71,6 +73,7 @@ __all__ = [
     "Run",
     "argument_parser",
     "describe",
+    "describe_log_dir",
     "latest_run",
     "positive_int",
     "shell_command",
@@ -83,6 +86,12 @@ _MODEL_FILE = "model.keras"
 _GRADIENTS_FILE = "gradients.parquet"
 _REPORT_FILE = "report.txt"
 _DEFAULT_LABEL = "model"
+# What a GradientMonitor writes under its log_dir (see its docstring).
+_MONITOR_RUN = "gradients"
+_DIAGNOSIS_TAG = "gradients/diagnosis"
+_GLOBAL_NORM_TAG = "gradients/global_norm"
+_LOSS_TAG = "gradients/loss"
+_EVENT_FILE = "events.out.tfevents."
 
 
 def positive_int(text):
@@ -557,6 +566,128 @@ def describe(run_dir, *, commands=()):
         for command, comment in pairs
     ]
     return "\n".join(lines)
+
+
+def _monitor_events(log_dir):
+    """The TensorBoard event files a `GradientMonitor` wrote under
+    `log_dir` (its run `<log_dir>/gradients`, or `log_dir` itself when it
+    is that run), in the order TensorBoard reads them; [] when none."""
+    log_dir = pathlib.Path(log_dir)
+    for directory in (log_dir / _MONITOR_RUN, log_dir):
+        if directory.name == _MONITOR_RUN and directory.is_dir():
+            files = sorted(
+                path
+                for path in directory.iterdir()
+                if path.name.startswith(_EVENT_FILE) and path.is_file()
+            )
+            if files:
+                return files
+    return []
+
+
+def describe_log_dir(log_dir):
+    """What a `GradientMonitor(log_dir=...)` wrote, read back from its
+    TensorBoard event files (no TensorFlow needed).
+
+    The recorded steps, the range of the global gradient norm, the last
+    loss it saw, the latest `gradients/diagnosis` text (written at each
+    epoch end) and the command that opens `log_dir` in TensorBoard. A
+    restart's `SessionLog.START` at step s drops what earlier files hold
+    from step s on, as TensorBoard does.
+
+    Args:
+        log_dir: The monitor's `log_dir`, or its `gradients` directory.
+
+    Returns:
+        A string.
+
+    Raises:
+        FileNotFoundError: if `log_dir` holds no monitor event files.
+    """
+    log_dir = pathlib.Path(log_dir)
+    files = _monitor_events(log_dir)
+    if not files:
+        raise FileNotFoundError(
+            f"{_shown(log_dir)} holds no GradientMonitor log: expected "
+            f"TensorBoard event files under {_shown(log_dir / _MONITOR_RUN)}/ "
+            "(what GradientMonitor(log_dir=...) writes)"
+        )
+    if log_dir.name == _MONITOR_RUN and not (log_dir / _MONITOR_RUN).is_dir():
+        log_dir = log_dir.parent  # the user named the monitor's own run
+    points = _read_monitor_events(files)
+    norms = [(step, value) for tag, step, value in points if tag == _GLOBAL_NORM_TAG]
+    losses = [value for tag, _, value in points if tag == _LOSS_TAG]
+    diagnoses = [(step, value) for tag, step, value in points if tag == _DIAGNOSIS_TAG]
+
+    lines = [f"GradientMonitor log: {_shown(log_dir)}"]
+    if norms:
+        steps = [step for step, _ in norms]
+        finite = [value for _, value in norms if math.isfinite(value)]
+        shown_range = (
+            f"{min(finite):.4g} to {max(finite):.4g}" if finite else "never finite"
+        )
+        if len(finite) < len(norms):
+            shown_range += f" ({len(norms) - len(finite)} non-finite)"
+        lines += [
+            f"  recorded steps  {len(norms)} (first {steps[0]}, last {steps[-1]})",
+            f"  global norm     {shown_range} (last {norms[-1][1]:.4g})",
+        ]
+        if losses:
+            lines.append(f"  loss            {losses[-1]:.4g} (last recorded step)")
+    else:
+        lines.append("  nothing recorded yet")
+    lines.append("")
+    if diagnoses:
+        step, text = diagnoses[-1]
+        lines += [
+            f"Latest diagnosis (step {step}, {_DIAGNOSIS_TAG}):",
+            re.sub(r"\*\*(.+?)\*\*", r"\1", text).rstrip(),
+        ]
+    else:
+        lines.append(
+            f"No diagnosis yet: the monitor writes {_DIAGNOSIS_TAG} at each "
+            "epoch end."
+        )
+    lines += ["", f"TensorBoard: {tensorboard_command(log_dir)}"]
+    return "\n".join(lines)
+
+
+def _read_monitor_events(files):
+    """(tag, step, value) of the monitor's scalars and texts, in order,
+    without the steps a later `SessionLog.START` ran again. A torn last
+    record (a killed process) ends its file."""
+    # TensorBoard's own reader and protos, without TensorFlow (its
+    # `tensorboard.compat.tf` would import TensorFlow when installed).
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+    from tensorboard.util import tensor_util
+
+    tags = (_GLOBAL_NORM_TAG, _LOSS_TAG, _DIAGNOSIS_TAG)
+    points = []
+    for path in files:
+        reader = pywrap_tensorflow.PyRecordReader_New(str(path), 0, None, None)
+        while True:
+            try:
+                reader.GetNext()
+            except (errors.OutOfRangeError, errors.DataLossError):
+                break
+            event = event_pb2.Event.FromString(reader.record())
+            if (
+                event.HasField("session_log")
+                and event.session_log.status == event_pb2.SessionLog.START
+            ):
+                points = [point for point in points if point[1] < event.step]
+            for value in event.summary.value:
+                if value.tag not in tags or not value.HasField("tensor"):
+                    continue
+                array = tensor_util.make_ndarray(value.tensor)
+                item = array.reshape(-1)[0]
+                if value.tag != _DIAGNOSIS_TAG:
+                    item = float(item)
+                elif isinstance(item, bytes):
+                    item = item.decode("utf-8", "replace")
+                points.append((value.tag, int(event.step), item))
+    return points
 
 
 def tensorboard_command(log_dir):

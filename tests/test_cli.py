@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 import keras_seq
@@ -190,16 +191,80 @@ def test_report_of_a_recipe_directory_is_its_latest_run(smoke_run, tmp_path):
     assert result.stdout.startswith(f"next_word: {tmp_path / '20000101-000000'},")
 
 
+@pytest.fixture(scope="module")
+def monitor_log(tmp_path_factory):
+    """A user's own tiny fit with `GradientMonitor(log_dir=..., every=1)`:
+    two epochs of two steps (~3 s)."""
+    log_dir = tmp_path_factory.mktemp("monitor") / "logs"
+    x = np.random.default_rng(0).random((8, 6, 2), dtype=np.float32)
+    model = keras.Sequential(
+        [keras.Input((6, 2)), keras_seq.layers.SharedRNN(4), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    monitor = keras_seq.callbacks.GradientMonitor(log_dir=log_dir, every=1)
+    model.fit(x, x[:, -1, :1], epochs=2, batch_size=4, verbose=0, callbacks=[monitor])
+    frame, diagnosis = monitor.to_frame(), monitor.diagnosis().markdown()
+    keras.utils.clear_session()
+    return log_dir, frame, diagnosis
+
+
+def test_report_of_a_monitor_log_dir_without_tensorflow(monitor_log):
+    log_dir, frame, diagnosis = monitor_log
+    result = keras_seq_command("report", str(log_dir), importtime=True)
+    assert result.returncode == 0, result.stderr
+    assert not imported_tensorflow(result.stderr)
+    norms = frame["global_norm"]
+    summary, latest = result.stdout.split("\n\nLatest diagnosis (step 3, ", 1)
+    assert summary.splitlines() == [
+        f"GradientMonitor log: {log_dir}",
+        "  recorded steps  4 (first 0, last 3)",
+        f"  global norm     {norms.min():.4g} to {norms.max():.4g} "
+        f"(last {norms.iloc[-1]:.4g})",
+        f"  loss            {frame['loss'].iloc[-1]:.4g} (last recorded step)",
+    ]
+    assert list(frame["step"]) == [0, 1, 2, 3]
+    # The Markdown of the last epoch's end, without its bold markers.
+    text, tensorboard = latest.split("\n\nTensorBoard: ")
+    assert text == "gradients/diagnosis):\n" + diagnosis.replace("**", "").rstrip()
+    assert tensorboard.rstrip().endswith(f"--logdir {log_dir}")
+    # The monitor's own run directory reads the same.
+    again = keras_seq_command("report", str(log_dir / "gradients"))
+    assert again.stdout == result.stdout
+
+
+def test_report_of_a_monitor_log_dir_started_over(monitor_log, tmp_path, capsys):
+    log_dir, _, _ = monitor_log
+    shutil.copytree(log_dir, tmp_path / "logs")
+    # A fresh run in the same log_dir starts over from step 0 (a START at
+    # step 0, written in a later file): nothing of the first one shows.
+    x = np.random.default_rng(1).random((4, 6, 2), dtype=np.float32)
+    model = keras.Sequential(
+        [keras.Input((6, 2)), keras_seq.layers.SharedRNN(4), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    monitor = keras_seq.callbacks.GradientMonitor(log_dir=tmp_path / "logs", every=1)
+    model.fit(x, x[:, -1, :1], epochs=1, batch_size=4, verbose=0, callbacks=[monitor])
+    keras.utils.clear_session()
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path / "logs")]) == 0
+    out = capsys.readouterr().out
+    assert "  recorded steps  1 (first 0, last 0)\n" in out
+    assert "Latest diagnosis (step 0, " in out
+
+
 def test_report_errors(tmp_path):
     one_line_error(
         keras_seq_command("report", str(tmp_path / "nope")),
         2,
         "keras-seq report: error: no such directory",
     )
+    (tmp_path / "train").mkdir()  # keras.callbacks.TensorBoard's, say
     one_line_error(
         keras_seq_command("report", str(tmp_path)),
         1,
-        "is not a finished run and holds none",
+        f"keras-seq report: error: {tmp_path} is neither a finished run nor a "
+        "GradientMonitor log_dir: expected a recipe run's summary.json",
+        f"or TensorBoard event files under {tmp_path / 'gradients'}/",
     )
     (tmp_path / "summary.json").write_text("{broken")
     one_line_error(
