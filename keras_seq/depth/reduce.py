@@ -28,11 +28,14 @@ from keras_seq.depth.levels import (
     single_stack,
 )
 from keras_seq.layers import probes
+from keras_seq.layers.shared_rnn import SharedRNN
 from keras_seq.models.model import Model
 from keras_seq.models.sequential import Sequential
 
 REINITIALISED = "reinitialised"
 LEAST_SQUARES = "least squares"
+HEAL_MODES = ("cut", "all")
+RIDGE = 1e-9  # on the Gram matrix of unit-norm columns
 
 
 @dataclasses.dataclass(repr=False)
@@ -54,6 +57,13 @@ class DepthReduction:
         levels_after: Number of recurrent levels of the new model.
         parameters_before: `count_params()` of the input model.
         parameters_after: `count_params()` of the new model.
+        bridged: Paths (in the new model) of the input kernels and biases
+            the bridge refitted by least squares: those of each kept level
+            (or Dense layer) reading the output of a removed level.
+        healed: `[(phase, epochs, last training loss)]` when `heal_epochs`
+            was given (phase `"cut"`: only the layers next to the cuts
+            trained; `"all"`: every layer), else `[]`.
+        note: Plain text for special cases (a plan removing nothing), or "".
     """
 
     model: object
@@ -63,6 +73,9 @@ class DepthReduction:
     levels_after: int
     parameters_before: int
     parameters_after: int
+    bridged: list = dataclasses.field(default_factory=list)
+    healed: list = dataclasses.field(default_factory=list)
+    note: str = ""
 
     def __str__(self):
         rows = [
@@ -80,6 +93,12 @@ class DepthReduction:
             lines.append("replaced: none")
         for path, how in self.replaced:
             lines.append(f"replaced: {path} ({how})")
+        if self.removed:
+            lines.append("bridged:  " + (", ".join(self.bridged) or "none"))
+        for phase, epochs, loss in self.healed:
+            lines.append(f"healed:   {phase}, {epochs} epoch(s), loss {loss:.4g}")
+        if self.note:
+            lines.append(f"note:     {self.note}")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -99,7 +118,18 @@ class DepthReduction:
 
 
 def reduce_depth(
-    model, depth=None, drop=None, strict=False, x=None, batch_size=64, seed=None
+    model,
+    depth=None,
+    drop=None,
+    strict=False,
+    x=None,
+    batch_size=64,
+    seed=None,
+    *,
+    bridge=None,
+    y=None,
+    heal_epochs=0,
+    heal="cut",
 ):
     """A new model with fewer recurrent levels; `model` is left unchanged.
 
@@ -121,15 +151,32 @@ def reduce_depth(
     Masks, `stateful`, `go_backwards`, dropout and `Bidirectional`
     `merge_mode` carry over; stateful layers start from zero states.
 
-    Every kept weight is copied bit for bit. A weight whose shape no longer
-    fits (the input kernel of the level above a removed one, when the input
-    width changes; a layer between, such as a `TimeDistributed(Dense)`) is
-    replaced: it keeps the value its initializer gave it, or, when `x` is
-    given and the weight is a recurrent level's input kernel, it is fitted
-    by least squares so that the level's input projection stays what it
-    was: `K' = argmin ||X_new K' - X_old K||^2` over the unmasked time steps
-    of `x`, where `X_old` is the input the level saw in `model` and `X_new`
-    the input it sees in the new model (with a ridge of `1e-6 * trace`).
+    Every kept weight is copied bit for bit, except those the bridge refits.
+    **The bridge** (default on when `x` is given): where levels i..j go, the
+    kept layer reading their output (the level above, or a `Dense` head when
+    the top level goes) now reads the output of level i-1. Its input kernel
+    and bias are refitted so that its input projection stays what it was:
+    with `[M; c] = argmin ||X_new M + c - X_old||^2` over the valid (unmasked)
+    time steps of `x`, where `X_old` is what the layer read in `model` and
+    `X_new` what it reads in the new model, the kernel becomes `M @ K` and
+    the bias `c @ K + b` (the least-squares fit of the projection `X_old K +
+    b` itself). One forward pass per cut; `result.bridged` lists the
+    refitted weights. A level whose weights are shared with another kept
+    level (`share_depth=True`) is not refitted. A weight whose shape no
+    longer fits (the input kernel above a removed level whose width
+    differs; a layer between, such as a `TimeDistributed(Dense)`) is
+    replaced: fitted by the bridge when it is one, otherwise it keeps the
+    value its initializer gave it.
+
+    A plan that removes nothing (`drop=[]`, or a plan with an empty `drop`)
+    returns `model` itself, unchanged, with a record saying so.
+
+    With `heal_epochs`, the new model is then trained on `(x, y)`:
+    `heal="cut"` (default) trains first (half of the epochs, at least one)
+    only the layers next to the cuts (each bridged layer and the recurrent
+    level below it), then every layer, as CLP and Lu et al. 2024 heal;
+    `heal="all"` trains every layer throughout. Layer `trainable` flags are
+    restored afterwards; `result.healed` records the phases.
 
     The new model is compiled with `model`'s compile config (loss, metrics,
     `jit_compile`, `steps_per_execution`, a fresh optimizer of the same class
@@ -147,12 +194,17 @@ def reduce_depth(
         strict: Boolean (default False). If True, raise instead of replacing
             a weight whose shape no longer fits.
         x: Optional input data, as for `model.predict` (an array, or a list
-            or dict of arrays). When given, replaced input kernels of
-            recurrent levels are fitted by least squares on it.
+            or dict of arrays). When given, the bridge is fitted on it.
         batch_size: Positive integer (default 64), batch size for running
             `x`; a model with a fixed batch size uses its own.
         seed: Optional integer; makes the re-initialised weights
             reproducible.
+        bridge: Boolean or None (default): refit the layers above every cut
+            (see above). None means True when `x` is given. False fits only
+            replaced input kernels (as the bottom level's), on `x`.
+        y: Optional targets for `x`, needed by `heal_epochs`.
+        heal_epochs: Integer >= 0 (default 0), epochs of healing.
+        heal: `"cut"` (default) or `"all"`, see above.
 
     Returns:
         A `keras_seq.depth.reduce.DepthReduction`: the new model is
@@ -164,8 +216,10 @@ def reduce_depth(
             `drop` is not a list of names, or `x` is not array data.
         ValueError: `model` is subclassed or unbuilt or has no recurrent
             level; both or neither of `depth` and `drop` are given; `depth`
-            is out of range; `drop` names unknown or duplicate levels, no
-            level, or every level; `depth` is given for parallel recurrent
+            is out of range; `drop` names unknown or duplicate levels or
+            every level; `x` and `y` differ in samples (the message gives
+            their shapes); `bridge=True` without `x`; `heal_epochs` without
+            `y` or a compiled model; `depth` is given for parallel recurrent
             branches; a removed layer returns states or several tensors;
             `strict=True` and a weight must be replaced.
 
@@ -194,21 +248,84 @@ def reduce_depth(
         raise TypeError(
             f"Argument `seed` must be an integer or None. Received: seed={seed!r}"
         )
+    if bridge is not None:
+        validation.check_bool("bridge", bridge)
+    if isinstance(heal_epochs, bool) or not (
+        isinstance(heal_epochs, numbers.Integral) and heal_epochs >= 0
+    ):
+        raise ValueError(
+            "Argument `heal_epochs` must be an integer >= 0. Received: "
+            f"heal_epochs={heal_epochs!r}"
+        )
+    validation.check_choice("heal", heal, HEAL_MODES)
     levels = recurrent_levels(model)
     removed = _select(model, levels, depth, drop)
     if x is not None:
         batch_size = _check_data(model, x, batch_size)
+    if y is not None:
+        if x is None:
+            raise ValueError(
+                "Argument `y` needs `x`: pass the inputs the targets belong to."
+            )
+        check_rows(x, y)
+    if heal_epochs and (y is None or not model.compiled):
+        raise ValueError(
+            "Argument `heal_epochs` needs data to train on and a compiled "
+            f"model: pass x= and y=, and compile model `{model.name}`. "
+            f"Received: heal_epochs={heal_epochs}, y={'None' if y is None else 'given'}"
+            f", compiled={model.compiled}"
+        )
+    if not removed:
+        return DepthReduction(
+            model=model,
+            removed=[],
+            replaced=[],
+            levels_before=len(levels),
+            levels_after=len(levels),
+            parameters_before=model.count_params(),
+            parameters_after=model.count_params(),
+            note="the plan removes no level: `model` is returned unchanged",
+        )
+    bridge = x is not None if bridge is None else bridge
+    if bridge and x is None:
+        raise ValueError(
+            "Argument `bridge=True` needs `x=`: the bridge is fitted on the "
+            "model's inputs. Pass x= (a few hundred samples do)."
+        )
 
     plans = _plan(model, levels, removed)
     with _python_seed(seed):
         new_model, new_layers = _rebuild(model, plans)
     pairs = _weight_pairs(plans, new_layers)
-    replaced = _transfer(pairs, model, new_model, strict, x, batch_size)
+    misfits = _transfer(pairs, model, strict)
+    targets = _bridge_targets(model, levels, removed, plans, new_layers)
+    if not bridge:
+        # Without the bridge only the kernels whose shape changed are fitted.
+        replaced_kernels = {id(p.new) for p in misfits if p.input_kernel}
+        targets = [
+            t
+            for t in targets
+            if any(id(k) in replaced_kernels for k, _ in _input_weights(t.new_layer, t.new_index))
+        ]
+    targets = [t for t in targets if not _shared(t.new_layer, t.new_index)]
+    bridged = []
+    if x is not None and targets:
+        fitter = _Bridge(model, new_model, x, batch_size)
+        try:
+            for target in targets:
+                bridged += fitter.fit(target)
+        finally:
+            fitter.close()
+    fitted = set(bridged)
+    replaced = [
+        (p.new.path, LEAST_SQUARES if p.new.path in fitted else REINITIALISED)
+        for p in misfits
+    ]
 
     compile_config = model.get_compile_config()
     if compile_config:
         new_model.compile_from_config(compile_config)
-    return DepthReduction(
+    result = DepthReduction(
         model=new_model,
         removed=[level.name for level in removed],
         replaced=replaced,
@@ -216,7 +333,71 @@ def reduce_depth(
         levels_after=len(recurrent_levels(new_model)),
         parameters_before=model.count_params(),
         parameters_after=new_model.count_params(),
+        bridged=bridged,
     )
+    if heal_epochs:
+        result.healed = _heal(result, targets, x, y, heal_epochs, heal, batch_size)
+    return result
+
+
+def check_rows(x, y):
+    """Raise unless every array of `x` and `y` has the same number of rows."""
+    leaves = keras.tree.flatten(x) + keras.tree.flatten(y)
+    rows = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if len(rows) != 1:
+        shapes = lambda d: ", ".join(str(tuple(np.shape(a))) for a in keras.tree.flatten(d))  # noqa: E731
+        raise ValueError(
+            "Arguments `x` and `y` must hold the same number of samples (their "
+            f"first dimension). Received: x with shape {shapes(x)} and y with "
+            f"shape {shapes(y)}"
+        )
+
+
+def _heal(result, targets, x, y, epochs, heal, batch_size):
+    """Train the reduced model for `epochs`: with heal="cut", first (half of
+    the epochs, at least one) only the layers next to the cuts, then all."""
+    model = result.model
+    near = {id(t.new_layer) for t in targets}
+    new_layers = ordered_layers(model)
+    for i, layer in enumerate(new_layers):
+        if id(layer) in near:
+            # The layer below the cut too: it now feeds the bridged one.
+            below = [
+                other for other in new_layers[:i] if recurrent_core(other) is not None
+            ]
+            if below:
+                near.add(id(below[-1]))
+    phases = [("all", epochs)]
+    if heal == "cut" and near and epochs > 1:
+        first = max(1, epochs // 2)
+        phases = [("cut", first), ("all", epochs - first)]
+    elif heal == "cut" and near:
+        phases = [("cut", epochs)]
+    config = model.get_compile_config()
+    record = []
+    flags = {id(v): v.trainable for v in model.weights}
+    try:
+        for what, count in phases:
+            if what == "cut":
+                for layer in new_layers:
+                    if id(layer) not in near:
+                        for variable in layer.weights:
+                            variable.trainable = False
+            else:
+                for variable in model.weights:
+                    variable.trainable = flags[id(variable)]
+            # The train function collects the trainable variables when it is
+            # made: compile again (a fresh optimizer, as reduce_depth gives).
+            model.compile_from_config(config)
+            history = model.fit(
+                x, y, epochs=count, batch_size=batch_size, verbose=0, shuffle=True
+            )
+            record.append((what, count, float(history.history["loss"][-1])))
+    finally:
+        for variable in model.weights:
+            variable.trainable = flags[id(variable)]
+    model.compile_from_config(config)
+    return record
 
 
 def _select(model, levels, depth, drop):
@@ -248,16 +429,12 @@ def _select(model, levels, depth, drop):
                 f"level names instead. Levels: {names}. Received: depth={depth}"
             )
         return levels[depth - 1 : count - 1]
-    chosen = resolve(levels, getattr(drop, "drop", drop), argument="drop")
-    if not chosen:
-        raise ValueError(
-            "Argument `drop` must name at least one level to remove. Levels: "
-            f"{names}. Received: drop={drop!r}"
-        )
+    names_given = getattr(drop, "drop", drop)
+    chosen = resolve(levels, names_given, argument="drop")
     if len(chosen) == count:
         raise ValueError(
             f"Argument `drop` would remove every level of model `{model.name}`"
-            f" ({count}); keep at least one. Received: drop={drop!r}"
+            f" ({count}); keep at least one. Received: drop={list(names_given)!r}"
         )
     return chosen
 
@@ -542,12 +719,13 @@ def _weight_pairs(plans, new_layers):
     return pairs
 
 
-def _transfer(pairs, model, new_model, strict, x, batch_size):
-    """Copy the weights that fit; replace the others. Returns `replaced`."""
-    fits = set()
+def _transfer(pairs, model, strict):
+    """Copy the weights that fit; returns the pairs whose weight must be
+    replaced (shape changed), after `strict` has had its say."""
+    misfits = []
     for pair in pairs:
         if pair.old is not None and tuple(pair.old.shape) == tuple(pair.new.shape):
-            fits.add(id(pair))
+            pair.new.assign(keras.ops.convert_to_numpy(pair.old))
             continue
         if strict:
             owner = (
@@ -561,34 +739,126 @@ def _transfer(pairs, model, new_model, strict, x, batch_size):
                 f"must replace its weight `{pair.new.path}`: shape {old_shape} "
                 f"in model `{model.name}`, {tuple(pair.new.shape)} in the "
                 "reduced model (its input width changed). Pass strict=False "
-                "to re-initialise it, with `x=` to fit recurrent input kernels "
-                "by least squares."
+                "to re-initialise it, with `x=` to fit it by least squares."
             )
-    for pair in pairs:
-        if id(pair) in fits:
-            pair.new.assign(keras.ops.convert_to_numpy(pair.old))
-
-    replaced = []
-    fitter = None
-    try:
-        for pair in pairs:
-            if id(pair) in fits:
-                continue
-            if x is not None and pair.input_kernel:
-                if fitter is None:
-                    fitter = _LeastSquares(model, new_model, x, batch_size)
-                fitter.fit(pair)
-                replaced.append((pair.new.path, LEAST_SQUARES))
-            else:
-                replaced.append((pair.new.path, REINITIALISED))
-    finally:
-        if fitter is not None:
-            fitter.close()
-    return replaced
+        misfits.append(pair)
+    return misfits
 
 
-class _LeastSquares:
-    """Fits replaced input kernels, bottom to top, on the inputs `x`."""
+@dataclasses.dataclass
+class _Target:
+    """A kept layer above a cut whose input kernel (and bias) the bridge
+    refits: one recurrent level (both directions) or a Dense layer."""
+
+    old_layer: object
+    new_layer: object
+    old_index: int = 0  # sublevel, for a recurrent level
+    new_index: int = 0
+    name: str = ""  # the old level's or layer's name
+
+
+def _bridge_targets(model, levels, removed, plans, new_layers):
+    """The kept levels (and Dense layers) that read the output of a removed
+    level directly, bottom to top."""
+    removed_names = {level.name for level in removed}
+    producer = _producers(model)
+    depth_of = {}
+    for level in levels:
+        depth_of[id(level.layer)] = level.index + 1
+    targets = []
+    for layer in ordered_layers(model):
+        plan = plans[id(layer)]
+        if plan.removed:
+            continue
+        below = producer.get(id(layer))
+        while below is not None and isinstance(below, _PASS_THROUGH):
+            below = producer.get(id(below))
+        below_top = None
+        if below is not None and id(below) in depth_of:
+            below_top = f"{below.name}/level_{depth_of[id(below)] - 1}"
+        if plan.kept is None:
+            if isinstance(layer, keras.layers.Dense) and below_top in removed_names:
+                targets.append(
+                    _Target(layer, new_layers[id(layer)], name=layer.name)
+                )
+            continue
+        for j, i in enumerate(plan.kept):
+            under = f"{layer.name}/level_{i - 1}" if i > 0 else below_top
+            if under in removed_names:
+                targets.append(
+                    _Target(layer, new_layers[id(layer)], i, j, f"{layer.name}/level_{i}")
+                )
+    return targets
+
+
+# Layers that pass their input on unchanged at inference: a bridge looks
+# through them for the level below.
+_PASS_THROUGH = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+)
+
+
+def _input_weights(layer, index):
+    """`[(kernel, bias or None)]` of sublevel `index` of a recurrent layer
+    (one per direction), or of a Dense layer: the weights computing the
+    input projection `x @ kernel + bias`."""
+    if isinstance(layer, keras.layers.Dense):
+        return [(layer.kernel, layer.bias)]
+    found = []
+    for rnn in directions(layer):
+        if isinstance(rnn, SharedRNN):
+            kernel, _, bias = rnn.cell.level_weights(index)
+        else:
+            kernel, bias = rnn.cell.kernel, getattr(rnn.cell, "bias", None)
+        found.append((kernel, bias))
+    return found
+
+
+def _shared(layer, index):
+    """Whether sublevel `index` of `layer` shares its weights with another."""
+    core = recurrent_core(layer)
+    return (
+        isinstance(core, SharedRNN) and core.share_depth and index >= 1 and core.depth > 2
+    )
+
+
+def bridge_coefficients(x_new, x_old, mask=None, intercept=True):
+    """`(M, c)` minimising `||x_new M + c - x_old||^2` over the valid rows.
+
+    The bridge of a cut: a level that read `x_old` in the full model and
+    reads `x_new` now gets the input kernel `M @ K` and bias `c @ K + b`,
+    so that its input projection `x K + b` matches the old one in the least
+    squares sense (fitting the projection itself gives the same `M`, since
+    the projection is linear in `x_old`). A ridge of `RIDGE` on the
+    normalised Gram matrix keeps a collinear `x_new` solvable. `c` is None without `intercept`.
+    """
+    a = np.asarray(x_new, np.float64).reshape(-1, x_new.shape[-1])
+    b = np.asarray(x_old, np.float64).reshape(-1, x_old.shape[-1])
+    if mask is not None and np.ndim(mask) == np.ndim(x_new) - 1:
+        rows = np.asarray(mask).reshape(-1).astype(bool)
+        a, b = a[rows], b[rows]
+    if intercept:
+        a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+    gram = a.T @ a
+    # Columns scaled to unit norm, then a tiny ridge: solvable when x_new is
+    # collinear, whatever the columns' scales (a ridge relative to the
+    # trace biased the fit where the ones column dominated).
+    scale = np.sqrt(np.diag(gram)) + 1e-30
+    scaled = gram / np.outer(scale, scale) + RIDGE * np.eye(len(gram))
+    coef = np.linalg.solve(scaled, (a.T @ b) / scale[:, None]) / scale[:, None]
+    if intercept:
+        return coef[:-1], coef[-1]
+    return coef, None
+
+
+class _Bridge:
+    """Refits the input kernels (and biases) of the layers above each cut,
+    bottom to top, on the inputs `x`."""
 
     def __init__(self, model, new_model, x, batch_size):
         self.model = model
@@ -596,7 +866,6 @@ class _LeastSquares:
         self.x = x
         self.batch_size = batch_size
         self.old_inputs = {}
-        self.new_inputs = {}
         # Running the old model moves its stateful layers' states: keep them
         # to put back, and run from zero states as the new model does.
         self.saved_states = [(v, keras.ops.convert_to_numpy(v)) for v in _states(model)]
@@ -609,38 +878,50 @@ class _LeastSquares:
         for variable in _states(self.new_model):
             variable.assign(np.zeros(variable.shape, variable.dtype))
 
-    def fit(self, pair):
-        # The new model's input to the level, with the weights below it
-        # already final (pairs come bottom to top).
-        if id(pair.new_layer) not in self.new_inputs:
-            self.new_inputs[id(pair.new_layer)] = _run(
-                self.new_model, self.x, self.batch_size, pair.new_layer
-            )
-        x_new, mask = self.new_inputs[id(pair.new_layer)]
-        key = (id(pair.old_layer), pair.index == 0)
-        if key not in self.old_inputs:
-            self.old_inputs[key] = _run(
-                self.model,
-                self.x,
-                self.batch_size,
-                pair.old_layer,
-                record=pair.index > 0,
-            )
-        x_old, old_mask = self.old_inputs[key]
-        if pair.index > 0:
-            # Sublevel i > 0 sees the output sequence of sublevel i - 1.
-            x_old = x_old[(id(pair.rnn), pair.index - 1)]
-        mask = old_mask if mask is None else mask
-        a = x_new.reshape(-1, x_new.shape[-1]).astype(np.float64)
-        b = x_old.reshape(-1, x_old.shape[-1]).astype(np.float64)
-        if mask is not None:
-            rows = mask.reshape(-1).astype(bool)
-            a, b = a[rows], b[rows]
-        target = b @ keras.ops.convert_to_numpy(pair.old).astype(np.float64)
-        gram = a.T @ a
-        ridge = max(1e-6 * np.trace(gram), 1e-12)
-        kernel = np.linalg.solve(gram + ridge * np.eye(len(gram)), a.T @ target)
-        pair.new.assign(kernel.astype(keras.backend.standardize_dtype(pair.new.dtype)))
+    def _inputs(self, model, layer, index, cache=None):
+        """Per direction, the sequence sublevel `index` of `layer` reads in
+        `model`, and the mask."""
+        key = (id(layer), index == 0)
+        if cache is not None and key in cache:
+            found = cache[key]
+        else:
+            found = _run(model, self.x, self.batch_size, layer, record=index > 0)
+            if cache is not None:
+                cache[key] = found
+        sequences, mask = found
+        if index == 0 or isinstance(layer, keras.layers.Dense):
+            return [sequences] * len(_input_weights(layer, 0)), mask
+        return [sequences[(id(rnn), index - 1)] for rnn in directions(layer)], mask
+
+    def fit(self, target):
+        """Refit one target; returns the paths of the weights it assigned."""
+        # The new model's input, with every weight below already final
+        # (targets come bottom to top): not cached.
+        new_x, new_mask = self._inputs(self.new_model, target.new_layer, target.new_index)
+        old_x, old_mask = self._inputs(
+            self.model, target.old_layer, target.old_index, self.old_inputs
+        )
+        mask = old_mask if new_mask is None else new_mask
+        assigned = []
+        old_weights = _input_weights(target.old_layer, target.old_index)
+        new_weights = _input_weights(target.new_layer, target.new_index)
+        for a, b, (kernel, bias), (new_kernel, new_bias) in zip(
+            new_x, old_x, old_weights, new_weights
+        ):
+            m, c = bridge_coefficients(a, b, mask, intercept=new_bias is not None)
+            k = keras.ops.convert_to_numpy(kernel).astype(np.float64)
+            dtype = keras.backend.standardize_dtype(new_kernel.dtype)
+            new_kernel.assign((m @ k).astype(dtype))
+            assigned.append(new_kernel.path)
+            if new_bias is not None:
+                value = keras.ops.convert_to_numpy(bias).astype(np.float64)
+                if value.ndim == 2:  # GRU reset_after: row 0 is the input bias
+                    value[0] += c @ k
+                else:
+                    value = value + c @ k
+                new_bias.assign(value.astype(dtype))
+                assigned.append(new_bias.path)
+        return assigned
 
 
 def _states(model):

@@ -544,8 +544,6 @@ def test_argument_errors():
         reduce_depth(model, drop=["rnn/level_1", "rnn/level_1"])
     with pytest.raises(ValueError, match=r"remove every level of model .* \(3\)"):
         reduce_depth(model, drop=["rnn/level_0", "rnn/level_1", "rnn/level_2"])
-    with pytest.raises(ValueError, match=r"`drop` must name at least one level"):
-        reduce_depth(model, drop=[])
     with pytest.raises(
         TypeError, match=r"`drop` must be a list of level names.*Use drop="
     ):
@@ -592,3 +590,170 @@ def test_layers_that_cannot_be_removed():
     subclassed = keras.Sequential([keras.layers.LSTM(2)], name="lazy")
     with pytest.raises(ValueError, match=r"`lazy` is not built"):
         reduce_depth(subclassed, depth=1)
+
+
+def test_a_plan_removing_nothing_returns_the_model_unchanged():
+    model = _shared_stack(share_depth=False)
+    plan = types.SimpleNamespace(drop=[])
+    for drop in ([], plan):
+        result = reduce_depth(model, drop=drop, x=_data(4, 5, 3))
+        assert result.model is model
+        assert result.removed == [] and result.replaced == [] and result.bridged == []
+        assert result.levels_after == result.levels_before == 3
+        assert "removes no level" in str(result)
+
+
+def _linear_segment_stack(bias=True):
+    """tanh SimpleRNN -> two linear memoryless levels -> GRU -> Dense: the
+    two middle levels compute an affine map of the bottom level's output."""
+    model = keras_seq.Sequential(
+        [
+            keras.Input((6, 3)),
+            keras.layers.SimpleRNN(5, return_sequences=True, name="low"),
+            keras.layers.SimpleRNN(
+                5, activation=None, return_sequences=True, name="lin_1"
+            ),
+            keras.layers.SimpleRNN(
+                5, activation=None, return_sequences=True, name="lin_2"
+            ),
+            keras.layers.GRU(4, name="top"),
+            keras.layers.Dense(2, name="head"),
+        ]
+    )
+    for name, seed in (("lin_1", 3), ("lin_2", 4)):
+        model.get_layer(name).set_weights(
+            [
+                _data(5, 5, seed=seed),
+                np.zeros((5, 5), "float32"),
+                _data(5, seed=seed + 10) if bias else np.zeros(5, "float32"),
+            ]
+        )
+    return model
+
+
+def _lstsq(a, b, mask=None):
+    """`[M; c]` of `a M + c = b` by numpy's lstsq over the valid rows."""
+    a = a.reshape(-1, a.shape[-1]).astype(np.float64)
+    b = b.reshape(-1, b.shape[-1]).astype(np.float64)
+    if mask is not None:
+        a, b = a[mask.reshape(-1)], b[mask.reshape(-1)]
+    a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+    return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def test_bridge_recovers_a_removed_linear_segment_and_changes_nothing_else():
+    model = _linear_segment_stack()
+    train, held_out = _data(32, 6, 3, seed=1), _data(8, 6, 3, seed=2)
+    target = model.predict(held_out, verbose=0)
+
+    result = reduce_depth(model, drop=["lin_1", "lin_2"], x=train)
+
+    top, old_top = result.model.get_layer("top"), model.get_layer("top")
+    assert result.bridged == [top.cell.kernel.path, top.cell.bias.path]
+    assert result.replaced == []  # same widths: nothing had to be replaced
+    np.testing.assert_allclose(
+        result.model.predict(held_out, verbose=0), target, rtol=1e-4, atol=1e-5
+    )
+    # Against numpy: the kept level's input projection is refitted from the
+    # bottom level's outputs to what the top level read before.
+    seen = keras.Model(
+        model.inputs, [model.get_layer("low").output, model.get_layer("lin_2").output]
+    ).predict(train, verbose=0)
+    coef = _lstsq(*seen)
+    kernel, bias = _numpy(old_top.cell.kernel), _numpy(old_top.cell.bias)
+    np.testing.assert_allclose(
+        _numpy(top.cell.kernel), coef[:-1] @ kernel, rtol=1e-3, atol=3e-4
+    )
+    expected_bias = bias.copy()
+    expected_bias[0] += coef[-1] @ kernel  # reset_after: row 0 is the input bias
+    np.testing.assert_allclose(_numpy(top.cell.bias), expected_bias, atol=1e-4)
+    # Every other weight is copied bit for bit.
+    bridged = set(result.bridged)
+    for layer in result.model.layers:
+        for new, old in zip(layer.weights, model.get_layer(layer.name).weights):
+            if new.path not in bridged:
+                assert np.array_equal(_numpy(new), _numpy(old)), new.path
+    assert len(bridged) == 2
+    # Without the bridge the outputs move.
+    plain = reduce_depth(model, drop=["lin_1", "lin_2"], x=train, bridge=False)
+    assert plain.bridged == []
+    moved = plain.model.predict(held_out, verbose=0)
+    assert np.max(np.abs(moved - target)) > 1e-2
+
+
+def test_bridge_fits_the_head_when_the_top_goes_and_respects_masks():
+    inputs = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(9, 3, mask_zero=True, name="embed")(inputs)
+    h = keras.layers.LSTM(4, return_sequences=True, name="low")(h)
+    h = keras.layers.SimpleRNN(5, activation=None, name="lin")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
+    model.get_layer("lin").set_weights(
+        [_data(4, 5, seed=3), np.zeros((5, 5), "float32"), _data(5, seed=4)]
+    )
+    rng = np.random.RandomState(1)
+    tokens = rng.randint(1, 9, size=(32, 6))
+    tokens[np.arange(6)[None] >= rng.randint(2, 7, size=(32, 1))] = 0
+
+    result = reduce_depth(model, drop=["lin"], x=tokens)
+
+    head = result.model.get_layer("head")
+    assert result.bridged == [head.kernel.path, head.bias.path]
+    assert not result.model.get_layer("low").return_sequences
+    # The head reads the last LSTM output now: an affine map of it gives
+    # the linear level's last output exactly (memoryless, masked steps
+    # repeat the last valid output).
+    np.testing.assert_allclose(
+        result.model.predict(tokens, verbose=0),
+        model.predict(tokens, verbose=0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    low_last = keras.Model(model.inputs, model.get_layer("low").output).predict(
+        tokens, verbose=0
+    )
+    lengths = (tokens > 0).sum(axis=1)
+    last = low_last[np.arange(32), lengths - 1]
+    lin = keras.Model(model.inputs, model.get_layer("lin").output).predict(
+        tokens, verbose=0
+    )
+    coef = _lstsq(last, lin)
+    old = model.get_layer("head")
+    np.testing.assert_allclose(
+        _numpy(head.kernel), coef[:-1] @ _numpy(old.kernel), rtol=1e-3, atol=1e-5
+    )
+
+
+def test_bridge_inside_a_shared_rnn_respects_the_mask():
+    """A middle sublevel goes: the sublevel above is refitted over the valid
+    steps only (at padded steps the inputs are not an affine map)."""
+    inputs = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(9, 3, mask_zero=True)(inputs)
+    rnn = SharedRNN(4, depth=3, return_sequences=True, name="rnn")
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GRU(3)(rnn(h))))
+    rng = np.random.RandomState(2)
+    tokens = rng.randint(1, 9, size=(24, 6))
+    tokens[np.arange(6)[None] >= rng.randint(2, 7, size=(24, 1))] = 0
+    valid = tokens > 0
+
+    result = reduce_depth(model, drop=["rnn/level_1"], x=tokens)
+
+    new = result.model.get_layer("rnn")
+    kernel, _, bias = new.cell.level_weights(1)
+    assert result.bridged == [kernel.path, bias.path]
+    # Sublevel outputs of the old layer, from unmasked copies of the levels.
+    embedded = keras.Model(inputs, h).predict(tokens, verbose=0)
+    old = model.get_layer("rnn").cell
+    outs, x = [], embedded
+    for level in range(3):
+        k, u, b = (_numpy(w) for w in old.level_weights(level))
+        state, seq = np.zeros((24, 4)), []
+        for t in range(6):
+            new_state = np.tanh(x[:, t] @ k + state @ u + b)
+            state = np.where(valid[:, t : t + 1], new_state, state)
+            seq.append(state)
+        x = np.stack(seq, axis=1)
+        outs.append(x)
+    coef = _lstsq(outs[0], outs[1], mask=valid)
+    k2, _, b2 = (_numpy(w) for w in old.level_weights(2))
+    np.testing.assert_allclose(_numpy(kernel), coef[:-1] @ k2, rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(_numpy(bias), coef[-1] @ k2 + b2, rtol=2e-3, atol=1e-4)
