@@ -154,9 +154,10 @@ class GradientMonitor(keras.callbacks.Callback):
         histograms=False,
         contributions=True,
         horizon_fraction=1e-3,
-        vanishing_fraction=0.1,
-        explode_threshold=1e3,
-        explode_jump=10.0,
+        vanishing_ratio=diagnostics.verdicts.VANISHING_RATIO,
+        exploding_ratio=diagnostics.verdicts.EXPLODING_RATIO,
+        explode_jump=diagnostics.verdicts.EXPLODE_JUMP,
+        explode_threshold=None,
         depth_vanishing_ratio=diagnostics.depth.VANISHING_RATIO,
         depth_exploding_ratio=diagnostics.depth.EXPLODING_RATIO,
     ):
@@ -167,7 +168,7 @@ class GradientMonitor(keras.callbacks.Callback):
         validation.check_bool("contributions", contributions)
         for name, value in (
             ("horizon_fraction", horizon_fraction),
-            ("vanishing_fraction", vanishing_fraction),
+            ("vanishing_ratio", vanishing_ratio),
         ):
             validation.check_rate(name, value)
             if value == 0:
@@ -175,21 +176,19 @@ class GradientMonitor(keras.callbacks.Callback):
                     f"Argument `{name}` must be a float in (0, 1). "
                     f"Received: {name}={value}"
                 )
-        if isinstance(explode_threshold, bool) or not (
-            isinstance(explode_threshold, (int, float)) and explode_threshold > 0
-        ):
-            raise ValueError(
-                "Argument `explode_threshold` must be a positive number. "
-                f"Received: explode_threshold={explode_threshold!r}"
+        if explode_threshold is not None and (
+            isinstance(explode_threshold, bool)
+            or not (
+                isinstance(explode_threshold, (int, float)) and explode_threshold > 0
             )
-        if isinstance(explode_jump, bool) or not (
-            isinstance(explode_jump, (int, float)) and explode_jump > 1
         ):
             raise ValueError(
-                "Argument `explode_jump` must be a number > 1. "
-                f"Received: explode_jump={explode_jump!r}"
+                "Argument `explode_threshold` must be a positive number or "
+                f"None. Received: explode_threshold={explode_threshold!r}"
             )
         for name, value, allowed in (
+            ("exploding_ratio", exploding_ratio, "> 1"),
+            ("explode_jump", explode_jump, "> 1"),
             ("depth_vanishing_ratio", depth_vanishing_ratio, "in (0, 1)"),
             ("depth_exploding_ratio", depth_exploding_ratio, "> 1"),
         ):
@@ -213,18 +212,25 @@ class GradientMonitor(keras.callbacks.Callback):
         self.histograms = histograms
         self.contributions = contributions
         self.horizon_fraction = horizon_fraction
-        self.vanishing_fraction = vanishing_fraction
-        self.explode_threshold = explode_threshold
+        self.vanishing_ratio = vanishing_ratio
+        self.exploding_ratio = exploding_ratio
         self.explode_jump = explode_jump
+        self.explode_threshold = explode_threshold
         self.depth_vanishing_ratio = depth_vanishing_ratio
         self.depth_exploding_ratio = depth_exploding_ratio
         self.records = []
         self.skipped_steps = 0
+        self.loss_scale_skips = 0
         self._store = None  # TimestepStore of the per-time-step rows
         self._epoch_decay = {}  # sublayer -> this epoch's norms by steps back
         self._variable_norms = []  # (step, norms in trainable_variables order)
         self._nonfinite = None
         self._exploding_steps = []
+        self._exploding_evidence = {}  # step -> why it was exploding
+        self._exploding_before = False  # the previous record exploded
+        self._blind = ()  # report lines: what the monitor cannot see
+        self._blind_model = None  # the model `_blind` describes
+        self._overflows_seen = 0
         self._latest = {}  # sublayer -> SublayerDiagnosis of the last record
         self._latest_depth = None  # DepthDiagnosis of the last record
         self._model_first_record = 0  # records before it: earlier models
@@ -246,6 +252,9 @@ class GradientMonitor(keras.callbacks.Callback):
         self._models_seen = -1  # models attached so far, minus one
         self._session_started = False  # the START event is written
         self._offset = 0  # training steps minus optimizer iterations
+        # Set by keras_seq.depth.fit_reducing_depth, which moves the monitor
+        # to each shallower model on purpose: no warning then.
+        self._moving = False
 
     @property
     def log_dir(self):
@@ -276,16 +285,27 @@ class GradientMonitor(keras.callbacks.Callback):
                 # first step is set when the first batch begins (`_begin_fit`),
                 # after `BackupAndRestore` restored the optimizer.
                 self._counters = tf.Variable(
-                    [self._next_step, 0, -1, -1],
+                    [self._next_step, 0, -1, -1, 0],
                     dtype=tf.int64,
                     trainable=False,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+            if self._counters_model is not None and len(self.records) > (
+                self._model_first_record
+            ) and not self._moving:
+                _warn(
+                    "GradientMonitor: this monitor recorded another model "
+                    f"({self._counters_model.name!r}) and is now attached to "
+                    f"{model.name!r}. Its frames go on (new rows, step numbers "
+                    "continuing), its verdicts start over for the new model. "
+                    "Use one monitor per model to keep their records apart."
                 )
             self._fits_on_model = 0
             self._models_seen += 1
             self._counters_model = model
             self._levels = None  # found at the first record, once built
             self._latest, self._latest_depth = {}, None  # the old model's
+            self._exploding_before = False
             # Another model's norms are no baseline for the jump rule.
             self._model_first_record = len(self.records)
             if self._training is not None:
@@ -308,6 +328,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self._training.install()
         self._fit += 1
         self._next_step, self._bad_seen = (int(v) for v in self._counters.numpy()[:2])
+        self._overflows_seen = int(self._counters.numpy()[4])
+        self._check_visibility()
         # Callbacks later in the list (BackupAndRestore) may still restore
         # the optimizer's step count: it is read at the first batch.
         self._starting = True
@@ -340,7 +362,8 @@ class GradientMonitor(keras.callbacks.Callback):
                 step, bad, resumed = self._resume(iterations, default=(step, bad))
                 # A run that takes nothing over hides all earlier data.
                 purge = step if resumed else 0
-            self._counters.assign([step, bad, -1, -1])
+            self._counters.assign([step, bad, -1, -1, 0])
+            self._overflows_seen = 0
         self._fits_on_model += 1
         self._next_step, self._bad_seen = step, bad
         if self.log_dir is not None:
@@ -417,7 +440,9 @@ class GradientMonitor(keras.callbacks.Callback):
                     line["first"],
                     line["layer"] if here else None,
                     line["timestep"] if here else None,
+                    0,
                 )
+            self._nonfinite.count += line["count"]
         # The START event `_begin_fit` writes at `step` hides the events the
         # earlier run wrote from `step` on; the layout at step 0 stays.
         self._layout_written = step > 0
@@ -434,9 +459,17 @@ class GradientMonitor(keras.callbacks.Callback):
         self._training.select(self._recording)
 
     def on_train_batch_end(self, batch, logs=None):
-        steps, bad, first_bad, last_bad = (int(v) for v in self._counters.numpy())
+        steps, bad, first_bad, last_bad, overflows = (
+            int(v) for v in self._counters.numpy()
+        )
         step = steps - 1  # the last step run
         new_bad = bad - self._bad_seen
+        if overflows != self._overflows_seen:
+            # Updates the LossScaleOptimizer skipped on float16 overflows.
+            new_overflows = overflows - self._overflows_seen
+            self._overflows_seen = overflows
+            self.skipped_steps += new_overflows
+            self.loss_scale_skips += new_overflows
         self._next_step, self._bad_seen = steps, bad
         location = (None, None)
         statistics = self._training.statistics
@@ -448,7 +481,7 @@ class GradientMonitor(keras.callbacks.Callback):
             if self._nonfinite is None and first_bad != last_bad:
                 # Several bad steps in one execution: the diagnosis names the
                 # first, which was not recorded.
-                self._nonfinite = diagnostics.NonFinite(first_bad, None, None)
+                self._nonfinite = diagnostics.NonFinite(first_bad, None, None, 0)
             skipped_before = self.skipped_steps
             self._on_nonfinite(last_bad, *location, count=new_bad)
             if self._journal is not None:
@@ -508,7 +541,10 @@ class GradientMonitor(keras.callbacks.Callback):
             "finite": finite,
             # A LossScaleOptimizer skips non-finite steps itself.
             "skipped": (not finite) and (self.on_nan != "warn" or self._loss_scaling),
+            "skipped_by": "",
         }
+        if row["skipped"]:
+            row["skipped_by"] = "loss_scale" if self._loss_scaling else "on_nan"
         for layer, norm in self._layer_norms(stats["variable_norms"]).items():
             row[f"norm/{layer}"] = norm
         sublayer_info = {s.name: s for s in self._training.sublayers}
@@ -522,7 +558,8 @@ class GradientMonitor(keras.callbacks.Callback):
                 grad_finite=values["grad_finite"] > 0,
                 reverse=sublayer_info[name].reverse,
                 fraction=self.horizon_fraction,
-                vanishing_fraction=self.vanishing_fraction,
+                vanishing_ratio=self.vanishing_ratio,
+                exploding_ratio=self.exploding_ratio,
                 aligned_norm=values["aligned_norm"],
                 aligned_count=values["aligned_count"],
             )
@@ -560,15 +597,11 @@ class GradientMonitor(keras.callbacks.Callback):
         )
         self.records.append(row)
 
-        # The verdict looks at the last 20 records of this model only.
-        first = max(self._model_first_record, len(self.records) - 21)
-        exploding = finite and diagnostics.is_exploding(
-            [r["global_norm"] for r in self.records[first:]],
-            threshold=self.explode_threshold,
-            jump=self.explode_jump,
-        )
+        evidence = self._explosion(row, finiteness)
+        exploding = evidence is not None
         if exploding:
             self._exploding_steps.append(step)
+            self._exploding_evidence[step] = evidence
         if self.log_dir is not None:
             self._write_scalars(row, statistics)
             # Scalars reach the file first, then the journal commits the
@@ -591,19 +624,51 @@ class GradientMonitor(keras.callbacks.Callback):
                 k[len("norm/") :]: v for k, v in row.items() if k.startswith("norm/")
             }
             location = diagnostics.locate_nonfinite(row["loss"], finiteness, norms)
-        elif exploding:
-            message = (
-                f"Exploding gradients at step {step}: global norm "
-                f"{row['global_norm']:.3g}."
-            )
+        if exploding and not self._exploding_before:
+            # Once per episode (consecutive exploding records), not per record.
+            message = f"Exploding gradients at step {step}: {evidence}."
             if self.on_explode == "stop":
                 self.model.stop_training = True
                 message += " Stopping training (on_explode='stop')."
-            warnings.warn(message, stacklevel=2)
+            _warn(message)
+        elif exploding and self.on_explode == "stop":
+            self.model.stop_training = True
+        self._exploding_before = exploding
         return location
 
+    def _explosion(self, row, finiteness):
+        """Why this record explodes (see `keras_seq.diagnostics.verdicts`),
+        or None: the global norm's sustained growth across this model's
+        records, a sublayer's growth through time, or non-finite gradients
+        behind a finite loss and finite forward states (an overflow)."""
+        if not row["finite"]:
+            if self._loss_scaling:
+                return None  # a float16 overflow, the LossScaleOptimizer's job
+            forward_bad = any(not np.all(f) for _, f, _, _ in finiteness)
+            if np.isfinite(row["loss"]) and not forward_bad:
+                return "non-finite gradients behind a finite loss (overflow)"
+            return None
+        evidence = diagnostics.verdicts.explosion_evidence(
+            [r["global_norm"] for r in self.records[self._model_first_record :]],
+            jump=self.explode_jump,
+            threshold=self.explode_threshold,
+        )
+        if evidence is not None:
+            return evidence
+        growing = [d for d in self._latest_of(row) if d.exploding]
+        if growing:
+            return "; ".join(f"{d.name} {d.evidence}" for d in growing)
+        return None
+
+    def _latest_of(self, row):
+        return [
+            d for name, d in self._latest.items() if f"horizon/{name}" in row
+        ]
+
     def _warn_unprobed(self, sublayers):
-        """Warn once per recurrent layer that gets no per-step data."""
+        """Warn once per model about recurrent layers that were expected to
+        get per-step data and did not appear in the recorded step (for
+        example not called in the forward pass)."""
         if self._unprobed_checked is self.model:
             return
         self._unprobed_checked = self.model
@@ -611,21 +676,52 @@ class GradientMonitor(keras.callbacks.Callback):
         missing = [
             layer.name
             for layer in monitoring.keras_rnn.recurrent_layers(self.model)
-            if layer.name not in seen
+            if monitoring.keras_rnn.has_timestep_data(layer) and layer.name not in seen
         ]
         if missing:
-            warnings.warn(
-                "GradientMonitor records per-time-step gradients for "
-                "keras_seq.layers.SharedRNN and Keras's SimpleRNN, GRU and "
-                "LSTM; these recurrent layers get per-layer norms only: "
-                f"{', '.join(missing)} (another cell type, stacked cells, or "
-                "not called in the forward pass).",
-                stacklevel=2,
+            line = (
+                "no per-time-step data from recurrent layers not called in the "
+                f"recorded forward pass: {', '.join(missing)}"
             )
+            self._blind = self._blind + (line,)
+            _warn(f"GradientMonitor: {line}.")
+
+    def _check_visibility(self):
+        """At train begin, once per model: warn (and keep a report line)
+        when the model has no recurrent layer, or recurrent layers the
+        monitor cannot see through time."""
+        if self._blind_model is self.model:
+            return
+        self._blind_model = self.model
+        found = monitoring.keras_rnn.recurrent_layers(self.model)
+        blind = [
+            layer.name
+            for layer in found
+            if not monitoring.keras_rnn.has_timestep_data(layer)
+        ]
+        if not found:
+            line = (
+                "the model has no recurrent layer: per-layer gradient norms only, "
+                "no per-time-step data and no verdicts through time"
+            )
+        elif blind:
+            line = (
+                "per-layer gradient norms only (no per-time-step data, no "
+                f"verdicts through time) for {', '.join(blind)}: per-step data "
+                "needs keras_seq.layers.SharedRNN or Keras's SimpleRNN, GRU or "
+                "LSTM (alone, stacked or Bidirectional); other cells and "
+                "StackedRNNCells are not probed"
+            )
+        else:
+            self._blind = ()
+            return
+        self._blind = (line,)
+        _warn(f"GradientMonitor: {line}.")
 
     def _on_nonfinite(self, step, layer, timestep, count=1):
         if self._nonfinite is None:
-            self._nonfinite = diagnostics.NonFinite(step, layer, timestep)
+            self._nonfinite = diagnostics.NonFinite(step, layer, timestep, count=0)
+        self._nonfinite.count += count
         where = "" if layer is None else f" in {layer}"
         if timestep is not None:
             where += f" at time step {timestep}"
@@ -639,15 +735,12 @@ class GradientMonitor(keras.callbacks.Callback):
             applied = (
                 "skipped by the LossScaleOptimizer" if self._loss_scaling else "applied"
             )
-            warnings.warn(
-                f"{what}; the update was {applied} (on_nan='warn').", stacklevel=2
-            )
+            _warn(f"{what}; the update was {applied} (on_nan='warn').")
         elif self.on_nan == "stop":
             self.model.stop_training = True
-            warnings.warn(
+            _warn(
                 f"{what}. The update was not applied; stopping with the weights "
-                "of the last good step (on_nan='stop').",
-                stacklevel=2,
+                "of the last good step (on_nan='stop')."
             )
         if self._writer is not None:
             self._writer.flush()
@@ -925,7 +1018,10 @@ class GradientMonitor(keras.callbacks.Callback):
             nonfinite=self._nonfinite,
             skipped_steps=self.skipped_steps,
             depth=self._latest_depth,
-            notes=self._notes(),
+            notes=self._blind + self._notes(),
+            exploding_evidence=dict(self._exploding_evidence),
+            loss_scale_skips=self.loss_scale_skips,
+            vanishing_ratio=self.vanishing_ratio,
         )
 
     def _notes(self):
@@ -1057,3 +1153,19 @@ def _check_writable(log_dir):
             f"to (it writes under {str(path)!r}). Received: log_dir="
             f"{str(log_dir)!r}, which failed with: {error}"
         ) from None
+
+
+_INTERNAL = tuple(
+    os.path.dirname(module.__file__) + os.sep for module in (keras, tf)
+) + (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
+
+
+def _warn(message, category=UserWarning):
+    """`warnings.warn` pointing at the user's line (their `model.fit` call):
+    the first frame outside keras_seq, Keras and TensorFlow."""
+    import sys
+
+    frame, level = sys._getframe(1), 2  # 2: the caller of _warn
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

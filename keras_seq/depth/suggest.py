@@ -1,14 +1,24 @@
 """Which recurrent levels to remove: `suggest_depth` scores every level."""
 
 import dataclasses
+import itertools
+import math
 
 import keras
 import numpy as np
 import pandas as pd
 
 from keras_seq import _validation as validation
-from keras_seq.depth.levels import check_model, directions, recurrent_levels
-from keras_seq.depth.reduce import _run, reduce_depth
+from keras_seq.depth.levels import (
+    check_model,
+    directions,
+    recurrent_core,
+    recurrent_levels,
+    sequence_input,
+)
+from keras_seq.depth.reduce import _run, check_rows, reduce_depth
+from keras_seq.depth.search import CandidateLosses, Unsupported
+from keras_seq.layers.shared_rnn import SharedRNN
 
 METHODS = ("auto", "ablation", "similarity", "gradient", "last")
 
@@ -29,6 +39,11 @@ class DepthPlan:
         loss: measured loss of the model with `drop` removed (no
             retraining), or None without data.
         full_loss: measured loss of the full model, or None without data.
+        candidates: `pandas.DataFrame` of every candidate set measured:
+            `drop` (level names), `levels_dropped`, `loss` (held-out,
+            bridged), `position_baseline` (the set is the `last` baseline).
+        traces: how many times the candidate function was traced (None when
+            candidates were measured by rebuilding).
     """
 
     drop: list
@@ -38,6 +53,8 @@ class DepthPlan:
     explanation: str
     loss: object = None
     full_loss: object = None
+    candidates: object = None
+    traces: object = None
 
     def __str__(self):
         return self.explanation
@@ -54,46 +71,62 @@ def suggest_depth(
     tolerance=0.05,
     batch_size=64,
     gradient_steps=4,
+    max_candidates=70,
+    beam=8,
 ):
     """Score every recurrent level for removal and propose a plan.
+
+    With data, every loss is *measured*: the model without the candidate
+    levels, each cut bridged as `reduce_depth(..., x=...)` bridges it (the
+    kept layer above a cut gets the least-squares refit of its input
+    kernel and bias), no retraining. The bridges are fitted on the even
+    rows of `(x, y)` and the losses measured on the odd rows (held out).
+    For a single stack (levels feeding each other directly, or through
+    dropout-like layers) one candidate costs one call of one traced
+    function of a boolean keep-vector (traced once per `suggest_depth`
+    call: `plan.traces`); other layouts rebuild each candidate.
 
     Every method that the given inputs allow scores every level, in one
     frame (one row per level, bottom to top):
 
     - `ablation` (needs `x`, `y`, a compiled model): the measured loss
-      increase on `(x, y)` when that level alone is removed (one
-      `evaluate` per level; a replaced input kernel is fitted by least
-      squares on `x`). The ground truth.
+      increase when that level alone is removed (bridged).
     - `similarity` (needs `x`): the angular distance between the level's
       input and output sequences, `arccos(cos(x_t, h_t)) / pi` averaged over
       the valid time steps (ShortGPT's Block Influence family; NaN where
       the input and output widths differ). Small: the level changes little.
-    - `gradient` (a `GradientMonitor` that trained the model, or `x`, `y` to
-      run one for `gradient_steps` batches on a copy with a zero learning
-      rate): each level's share of the gradient norm (`grad_share`), its
-      horizon and decay through time (keras-seq levels), and its gradient
-      norm relative to the top level (`depth_ratio`) and to the level above
-      (`attenuation`). Levels whose gradients vanish or explode through
-      time or depth, or turn non-finite, are flagged.
+    - `gradient` (a `GradientMonitor` that trained the model, or, for
+      `method="gradient"`, `x`, `y` to run one for `gradient_steps` batches
+      on a copy with a zero learning rate): each level's share of the
+      gradient norm (`grad_share`), its horizon and decay through time, and
+      its gradient norm relative to the top level (`depth_ratio`) and to
+      the level above (`attenuation`); levels whose gradients vanish or
+      explode through time or depth, or turn non-finite, are flagged. A
+      diagnosis only: these scores ranked levels against the measured
+      truth at Kendall tau -0.29 (benchmarks/depth_reduction.py), so no
+      other method uses them to choose (`fit_reducing_depth` uses the flags
+      to decide when and how many levels to remove).
     - `last`: the position baseline (Lu et al. 2024 drop the last layers):
       the levels just below the top go first, then downwards, the top level
-      last, as `reduce_depth(model, depth=...)` does without a plan.
+      last, as `reduce_depth(model, depth=...)` does without a plan (the top
+      level stays: the head was trained on its outputs).
 
-    `method="auto"` with data removes levels one at a time, each time the
-    one whose removal *together with those already chosen* measures best
-    (single-level costs do not add up): first flagged levels whose loss cost
-    is small (at most `tolerance` times the full model's loss), then other
-    small-cost levels, then the rest by cost; among equals, removals that
-    keep every trained weight come before those that need a replaced input
-    kernel (measured here: healing after such a removal was worse on every
-    seed, see the README). Without data it orders by the gradient flags and
-    `depth_ratio` (with a monitor) or falls back to `last`, and says so.
+    `method="auto"` with data searches *sets* of levels by their measured
+    loss (single-level costs do not add up): for each number of levels to
+    drop, every combination when there are at most `max_candidates`,
+    otherwise a beam (the `beam` best sets one level smaller, each extended
+    by one level); the position baseline of that size is always among the
+    candidates, so the plan never measures worse than `last` on the
+    held-out rows. `plan.candidates` lists every set measured. Without data
+    it orders by the monitor's flags and `depth_ratio`, or falls back to
+    `last`, and says so.
 
     The target depth is `depth` when given; otherwise, with data, the
-    smallest depth whose measured loss, removing levels in the chosen order
-    without retraining, stays within `tolerance` (relative) of the full
-    model's loss; without data, one level less. The final combination is
-    evaluated once more and its loss is part of the plan.
+    smallest depth whose measured loss (the best set found of that size for
+    `auto`; removing in the method's order for the others) stays within
+    `tolerance` (relative) of the full model's loss; without data, one
+    level less. A plan whose measured loss exceeds the full model's by more
+    than `tolerance` says so plainly in its explanation.
 
     Args:
         model: A built, compiled Sequential or functional model with two or
@@ -105,23 +138,29 @@ def suggest_depth(
         method: One of `"auto"` (default), `"ablation"`, `"similarity"`,
             `"gradient"`, `"last"`.
         tolerance: Float >= 0 (default 0.05): relative loss increase allowed.
-        batch_size: Default 64, for `evaluate` and the forward passes.
-        gradient_steps: Default 4, batches the gradient run records when no
-            monitor is given.
+        batch_size: Default 64, for the forward passes of rebuilt models.
+        gradient_steps: Default 4, batches the gradient run records
+            (`method="gradient"` without a monitor).
+        max_candidates: Default 70 (C(8, 4)): evaluate every combination of
+            a size when there are at most this many, else search a beam.
+        beam: Default 8, sets kept per size in the beam search.
 
     Returns:
         A `DepthPlan`. Its `scores` columns: `level`, `position`, `kind`,
         `parameters`, `ablation_loss`, `ablation_cost`, `replaces_weights`
         (removing the level alone replaces a kept weight), `similarity`,
         `grad_share`, `horizon`, `decay`, `depth_ratio`, `attenuation`,
-        `flags`, `rank` (0 = removed first by `method`), `drop`.
+        `flags`, `rank` (0 = removed first by `method`; for `auto`, levels
+        in the order they enter the best set of each size), `drop`.
 
     Raises:
         TypeError: `model` is not a keras model; `monitor` is not a
             `GradientMonitor`.
-        ValueError: fewer than two levels, a bad `method`, `depth` or
-            `tolerance`, `y` without `x`, a method whose inputs are missing,
-            an uncompiled model with data, or a monitor without records.
+        ValueError: fewer than two levels, a bad `method`, `depth`,
+            `tolerance`, `max_candidates` or `beam`, `y` without `x`, `x`
+            and `y` with different numbers of samples (the message gives
+            both shapes), a method whose inputs are missing, an uncompiled
+            model with data, or a monitor without records.
 
     Example:
 
@@ -142,6 +181,8 @@ def suggest_depth(
     validation.check_choice("method", method, METHODS)
     validation.check_positive_int("batch_size", batch_size)
     validation.check_positive_int("gradient_steps", gradient_steps)
+    validation.check_positive_int("max_candidates", max_candidates)
+    validation.check_positive_int("beam", beam)
     if isinstance(tolerance, bool) or not (
         isinstance(tolerance, (int, float)) and tolerance >= 0
     ):
@@ -203,70 +244,276 @@ def suggest_depth(
             "parameters": [lv.parameters for lv in levels],
         }
     )
+    n = len(levels)
     full_loss = None
     notes = []
+    measure = None
+    search = _Search(n)
     if has_data:
-        full_loss = _evaluate(model, x, y, batch_size)
-        measured = [_measure(model, [lv.name], x, y, batch_size) for lv in levels]
-        frame["ablation_loss"] = [loss for loss, _ in measured]
+        check_rows(x, y)
+        measure, full_loss, similarity, how = _measurer(
+            model, levels, x, y, batch_size, search
+        )
+        notes.append(how)
+        single = measure([(i,) for i in range(n)])
+        frame["ablation_loss"] = single
         frame["ablation_cost"] = frame["ablation_loss"] - full_loss
-        frame["replaces_weights"] = [replaces for _, replaces in measured]
-        frame["similarity"] = _similarity(model, levels, x, batch_size)
+        frame["replaces_weights"] = [_width_changes(lv) for lv in levels]
+        frame["similarity"] = similarity
     else:
         frame["ablation_loss"] = frame["ablation_cost"] = np.nan
-        frame["replaces_weights"] = None  # known from a removal with data
+        frame["replaces_weights"] = [_width_changes(lv) for lv in levels]
         frame["similarity"] = np.nan
-    if monitor is None and has_data:
+    if monitor is None and method == "gradient":
         monitor = _gradient_run(model, x, y, batch_size, gradient_steps)
     gradient = _gradient_scores(levels, monitor) if monitor is not None else None
     for column in ("grad_share", "horizon", "decay", "depth_ratio", "attenuation"):
         frame[column] = np.nan if gradient is None else gradient[column]
     frame["flags"] = "" if gradient is None else gradient["flags"]
 
-    prefix_losses = {}
     if method == "auto" and has_data:
-        order, prefix_losses = _greedy(
-            model, frame, full_loss, tolerance, depth, x, y, batch_size
+        count = None if depth is None else n - depth
+        limit = full_loss + tolerance * abs(full_loss)
+        chosen, loss, order, search_note = _combinations(
+            n, count, limit, measure, frame, max_candidates, beam
         )
-        notes.append(
-            "auto: levels removed one at a time, each time the one whose "
-            "removal together with those already chosen measures best: first "
-            "levels flagged (vanishing/exploding/non-finite gradients) whose "
-            f"loss cost is small (<= {tolerance:g} x the full loss), then other "
-            "small-cost levels, then the rest by cost; at equal standing, "
-            "removals that keep every trained weight before those that need "
-            "a replaced input kernel"
-        )
+        notes.append(search_note)
+        notes.append(_GRADIENT_NOTE)
+        drop_count = len(chosen)
+        loss = full_loss if loss is None else loss
+        if depth is None:
+            target_note = (
+                f"target: the smallest depth whose measured loss stays within "
+                f"{tolerance:g} (relative) of the full model's {full_loss:.4g}: "
+                f"depth {n - drop_count}"
+            )
+        else:
+            target_note = f"target: depth={depth}, as given"
+        notes.append(target_note)
+        drop = [frame.level[i] for i in chosen]
     else:
         order, how = _order(frame, method)
         if how:
             notes.append(how)
+        drop_count, loss, target_note = _target(
+            frame, order, depth, full_loss, tolerance, measure
+        )
+        notes.append(target_note)
+        drop = [frame.level[i] for i in order[:drop_count]]
     frame["rank"] = np.argsort(order)
-    drop_count, loss, target_note = _target(
-        model,
-        frame,
-        order,
-        depth,
-        full_loss,
-        tolerance,
-        x,
-        y,
-        batch_size,
-        prefix_losses,
-    )
-    notes.append(target_note)
-    drop = [frame.level[i] for i in order[:drop_count]]
     frame["drop"] = frame.level.isin(drop)
+    if full_loss is not None and loss is not None:
+        limit = full_loss + tolerance * abs(full_loss)
+        if loss > limit:
+            notes.append(
+                f"WARNING: this plan harms the model: its measured loss "
+                f"{loss:.4g} is {_relative(loss, full_loss)} the full model's "
+                f"{full_loss:.4g}, beyond the tolerance of {tolerance:g}. Keep "
+                "more levels, or heal after removing "
+                "(reduce_depth(..., y=..., heal_epochs=...))."
+            )
     explanation = _explain(frame, order, drop, method, notes, full_loss, loss)
     return DepthPlan(
         drop=drop,
-        depth=len(levels) - drop_count,
+        depth=n - len(drop),
         method=method,
         scores=frame,
         explanation=explanation,
         loss=loss,
         full_loss=full_loss,
+        candidates=search.frame(frame.level.tolist()),
+        traces=search.traces,
     )
+
+
+_GRADIENT_NOTE = (
+    "gradient scores (grad_share, horizon, decay, depth_ratio, flags) are a "
+    "diagnosis column only and do not enter the choice: against the measured "
+    "leave-one-out truth they ranked levels at Kendall tau -0.29 "
+    "(benchmarks/depth_reduction.py); fit_reducing_depth uses the flags to "
+    "decide when, and how many, levels to remove"
+)
+
+
+def _relative(loss, full):
+    if full == 0:
+        return "above"
+    return f"{loss / full - 1:+.1%} relative to"
+
+
+class _Search:
+    """Every candidate measured, with its loss, and the traces it took."""
+
+    def __init__(self, n):
+        self.n = n
+        self.measured = {}
+        self.traces = None
+
+    def frame(self, names):
+        rows = [
+            {
+                "drop": tuple(names[i] for i in key),
+                "levels_dropped": len(key),
+                "loss": loss,
+                "position_baseline": key == _baseline(self.n, len(key)),
+            }
+            for key, loss in self.measured.items()
+        ]
+        columns = ["drop", "levels_dropped", "loss", "position_baseline"]
+        return pd.DataFrame(rows, columns=columns)
+
+
+def _measurer(model, levels, x, y, batch_size, search):
+    """`(measure, full loss, similarity, note)`: `measure(candidates)` gives
+    the held-out loss of each candidate (tuples of level positions to drop),
+    bridged; cached in `search.measured`."""
+    samples = len(keras.tree.flatten(x)[0])
+    index = np.arange(samples)
+    fit_rows = index % 2 == 0 if samples > 1 else index >= 0
+    loss_rows = index % 2 == 1 if samples > 1 else index >= 0
+    take = lambda data, rows: keras.tree.map_structure(  # noqa: E731
+        lambda a: np.asarray(a)[rows], data
+    )
+    split = (
+        f"bridges fitted on the {fit_rows.sum()} even rows of (x, y), losses "
+        f"measured on the {loss_rows.sum()} odd rows"
+        if samples > 1
+        else "one sample: bridges fitted and losses measured on it"
+    )
+    try:
+        engine = CandidateLosses(model, levels, x, y, fit_rows, loss_rows)
+    except Unsupported as reason:
+        engine = None
+        how = (
+            f"each candidate rebuilt with reduce_depth and measured ({reason}: "
+            "outside what the traced evaluator reproduces); " + split
+        )
+    else:
+        how = (
+            "each candidate measured by one call of one traced function "
+            "(level-skip gates, bridges fitted in-graph); " + split
+        )
+    x_fit, x_loss, y_loss = take(x, fit_rows), take(x, loss_rows), take(y, loss_rows)
+
+    def measure(candidates):
+        keys = [tuple(sorted(c)) for c in candidates]
+        new = list(dict.fromkeys(k for k in keys if k not in search.measured))
+        if engine is not None:
+            losses = engine.losses(new)
+        else:
+            names = [lv.name for lv in levels]
+            losses = [
+                _measure(model, [names[i] for i in key], x_fit, x_loss, y_loss, batch_size)
+                for key in new
+            ]
+        for key, loss in zip(new, losses):
+            search.measured[key] = float(loss) if np.isfinite(loss) else float("inf")
+        if engine is not None:
+            search.traces = engine.traces
+        return [search.measured[k] for k in keys]
+
+    if engine is not None:
+        full_loss = engine.full_loss
+        similarity = engine.similarity
+        search.measured.pop((), None)
+    else:
+        full_loss = _evaluate(model, x_loss, y_loss, batch_size)
+        similarity = _similarity(model, levels, x, batch_size)
+    return measure, full_loss, similarity, how
+
+
+def _width_changes(level):
+    """Whether removing the level alone changes the input width of what
+    reads its output (so a kept weight must be replaced)."""
+    core = recurrent_core(level.layer)
+    last = core.depth - 1 if isinstance(core, SharedRNN) else 0
+    if level.index == 0:
+        width_in = sequence_input(level.layer)[0].shape[-1]
+    else:
+        width_in = core.units
+    if level.index == last:
+        width_out = keras.tree.flatten(level.layer.output)[0].shape[-1]
+    else:
+        width_out = core.units
+    return bool(width_in != width_out)
+
+
+def _baseline(n, count):
+    """The position baseline: the `count` levels just below the top."""
+    return tuple(range(n - 1 - count, n - 1))
+
+
+def _combinations(n, count, limit, measure, frame, max_candidates, beam):
+    """`auto` with data: `(levels to drop, loss, removal order, note)`.
+
+    Sizes are searched upwards; at each size every combination when there
+    are at most `max_candidates`, otherwise the `beam` best sets of the size
+    below each extended by one level; the position baseline of each size is
+    always among the candidates, so the chosen set never measures worse than
+    it. `count` None: the largest size whose best set stays within `limit`.
+    """
+    single = frame.ablation_loss.to_numpy()
+    direct = count is not None and math.comb(n, count) <= max_candidates
+    sizes = [count] if direct else range(1, (n - 1 if count is None else count) + 1)
+    best = {0: ((), None)}
+    frontier, total, exhaustive = [()], 0, []
+    for k in sizes:
+        if math.comb(n, k) <= max_candidates:
+            candidates = set(itertools.combinations(range(n), k))
+            exhaustive.append(k)
+        else:
+            candidates = {
+                tuple(sorted(set(b) | {i})) for b in frontier for i in range(n) if i not in b
+            }
+        candidates.add(_baseline(n, k))
+        candidates = sorted(candidates)
+        losses = measure(candidates)
+        total += len(candidates)
+        ranked = sorted(
+            zip(losses, candidates),
+            key=lambda p: (_finite(p[0]), p[1] != _baseline(n, k), p[1]),
+        )
+        if count is None and ranked[0][0] > limit:
+            break
+        best[k] = (ranked[0][1], ranked[0][0])
+        frontier = [c for _, c in ranked[:beam]]
+    size = max(best)
+    chosen, loss = best[size]
+    order = []
+    for k in sorted(best):
+        new = [i for i in best[k][0] if i not in order]
+        order += sorted(new, key=lambda i: _finite(single[i]))
+    order += sorted((i for i in range(n) if i not in order), key=lambda i: _finite(single[i]))
+    how = (
+        "every combination" if len(exhaustive) == len(list(sizes))
+        else f"every combination where at most {max_candidates}, else a beam of {beam}"
+    )
+    baseline = measure([_baseline(n, size)])[0] if size else None
+    note = (
+        f"auto: {total} candidate sets of levels to drop measured ({how}, "
+        "sizes upwards), each with every cut bridged; the position baseline "
+        "(the levels just below the top) is always among them"
+    )
+    if baseline is not None:
+        note += (
+            f": chosen {loss:.4g} against {baseline:.4g} for the baseline of "
+            f"{size} level(s)"
+        )
+    return list(chosen), loss, order, note
+
+
+def _finite(value):
+    return value if np.isfinite(value) else float("inf")
+
+
+def _measure(model, names, x_fit, x, y, batch_size):
+    """The loss on (x, y) of `model` without the named levels, bridged on
+    `x_fit` (one rebuild per candidate: the fallback path)."""
+    try:
+        result = reduce_depth(model, drop=list(names), x=x_fit, batch_size=batch_size)
+    except ValueError:  # a layer that cannot go (see reduce_depth): no candidate
+        return float("inf")
+    return _evaluate(result.model, x, y, batch_size)
 
 
 def _evaluate(model, x, y, batch_size):
@@ -283,61 +530,6 @@ def _evaluate(model, x, y, batch_size):
         loss = model.compute_loss(x=xb, y=yb, y_pred=y_pred, training=False)
         total += float(loss) * len(keras.tree.flatten(xb)[0])
     return total / samples
-
-
-def _measure(model, names, x, y, batch_size):
-    """(loss without the named levels, whether a weight had to be replaced)."""
-    result = reduce_depth(model, drop=list(names), x=x, batch_size=batch_size)
-    return _evaluate(result.model, x, y, batch_size), bool(result.replaced)
-
-
-def _auto_key(cost, flagged, replaces, small_cost):
-    small = cost <= small_cost
-    if flagged and small:
-        group = 0
-    elif small:
-        group = 1
-    else:
-        group = 2
-    return (group, bool(replaces), cost)
-
-
-def _greedy(model, frame, full_loss, tolerance, depth, x, y, batch_size):
-    """`auto` with data: the removal order, chosen one level at a time by
-    the measured loss of the combination, and `{k: loss without the first
-    k}` for the prefixes measured."""
-    names = frame.level.tolist()
-    n = len(names)
-    flagged = frame["flags"].str.len().to_numpy() > 0
-    small_cost = tolerance * abs(full_loss)
-    limit = full_loss + small_cost
-    wanted = n - 1 if depth is None else n - depth
-    current = {i: (frame.ablation_loss[i], frame.replaces_weights[i]) for i in range(n)}
-    chosen, losses = [], {0: full_loss}
-
-    def key(i):
-        loss, replaces = current[i]
-        return _auto_key(loss - full_loss, flagged[i], replaces, small_cost)
-
-    while len(chosen) < wanted:
-        best = min(current, key=key)
-        if depth is None and current[best][0] > limit:
-            break
-        chosen.append(best)
-        losses[len(chosen)] = float(current[best][0])
-        del current[best]
-        if len(chosen) < wanted:
-            current = {
-                i: _measure(model, [names[j] for j in chosen + [i]], x, y, batch_size)
-                for i in current
-            }
-    rest = sorted(
-        (i for i in range(n) if i not in chosen),
-        key=lambda i: _auto_key(
-            frame.ablation_cost[i], flagged[i], frame.replaces_weights[i], small_cost
-        ),
-    )
-    return chosen + rest, losses
 
 
 def _similarity(model, levels, x, batch_size):
@@ -510,7 +702,7 @@ def _order(frame, method):
         return _sorted(positions, frame.similarity), ""
     if method == "gradient":
         return _by_gradient(frame, flagged), ""
-    # auto without data (with data, suggest_depth uses _greedy)
+    # auto without data (with data, suggest_depth searches combinations)
     if np.isfinite(frame.depth_ratio).any():
         return _by_gradient(frame, flagged), (
             "auto: no data to measure losses: by the monitor's gradient flags "
@@ -534,38 +726,26 @@ def _by_gradient(frame, flagged):
     )
 
 
-def _target(
-    model, frame, order, depth, full_loss, tolerance, x, y, batch_size, measured
-):
-    """How many levels to remove, the measured loss, and a note. `measured`:
-    `{k: loss without the first k levels of order}` already known."""
+def _target(frame, order, depth, full_loss, tolerance, measure):
+    """How many levels of `order` to remove, the measured loss, a note."""
     n = len(order)
-    names = frame.level.tolist()
     if depth is not None:
         count = n - depth
-        loss = measured.get(count)
-        if loss is None and x is not None:
-            loss = _measure(model, [names[i] for i in order[:count]], x, y, batch_size)[
-                0
-            ]
+        loss = measure([order[:count]])[0] if measure is not None else None
         return count, loss, f"target: depth={depth}, as given"
-    if x is None:
+    if measure is None:
         note = (
             "target: one level less (no data to measure the loss: pass x and y "
             "to choose the depth by measured loss)"
         )
         return 1, None, note
-    if measured:  # the greedy search stopped at the tolerance
-        count = max(measured)
-        loss = measured[count]
-    else:
-        limit = full_loss + tolerance * abs(full_loss)
-        count, loss = 0, full_loss
-        for k in range(1, n):
-            trial = _measure(model, [names[i] for i in order[:k]], x, y, batch_size)[0]
-            if trial > limit:
-                break
-            count, loss = k, trial
+    limit = full_loss + tolerance * abs(full_loss)
+    count, loss = 0, full_loss
+    for k in range(1, n):
+        trial = measure([order[:k]])[0]
+        if trial > limit:
+            break
+        count, loss = k, trial
     note = (
         f"target: the smallest depth whose loss stays within {tolerance:g} "
         f"(relative) of the full model's {full_loss:.4g}: depth {n - count}"
@@ -575,15 +755,17 @@ def _target(
 
 def _explain(frame, order, drop, method, notes, full_loss, loss):
     lines = [f"Depth plan ({method}): remove {len(drop)} of {len(frame)} levels."]
+    lines.append("(rank: the scores' `rank` column, 0 = removed first)")
     lines += notes
     if full_loss is not None and loss is not None:
         lines.append(
-            f"measured loss: full model {full_loss:.4g}, after removal {loss:.4g}"
+            f"measured loss (held-out rows, bridged, no retraining): full model "
+            f"{full_loss:.4g}, after removal {loss:.4g}"
         )
     rank = {i: r for r, i in enumerate(order)}
     for i, row in frame.iterrows():
         verb = "drop" if row["drop"] else "keep"
-        facts = [f"rank {rank[i] + 1}"]
+        facts = [f"rank {rank[i]}"]
         if np.isfinite(row.ablation_cost):
             facts.append(f"ablation cost {row.ablation_cost:+.3g}")
         if np.isfinite(row.similarity):

@@ -7,9 +7,11 @@ from keras_seq.diagnostics.verdicts import (
     NonFinite,
     SublayerDiagnosis,
     decay_factor,
+    grows_through_time,
     gradient_horizon,
     is_exploding,
     locate_nonfinite,
+    through_time,
 )
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "decay_factor",
     "depth_profile",
     "gradient_horizon",
+    "grows_through_time",
     "is_exploding",
     "locate_nonfinite",
+    "through_time",
 ]

@@ -4,13 +4,52 @@ the command line.
 
 Conventions: a per-step gradient-norm vector is in *processing order*
 (index -1 is the step processed last, where the gradient from a final-step
-loss enters). For a `go_backwards` sublayer pass the vector reversed from
-input order (`SublayerDiagnosis` does this with `reverse=True`).
+loss enters; index 0 is the step farthest back). For a `go_backwards`
+sublayer pass the vector reversed from input order (`SublayerDiagnosis`
+does this with `reverse=True`).
+
+What the verdicts mean (the README's "Reading the verdicts" says the same):
+
+- **Vanishing through time** (Bengio, Simard & Frasconi 1994; Pascanu,
+  Mikolov & Bengio 2013, section 2): backpropagation through time multiplies
+  the gradient by one Jacobian per step back, so where those shrink it
+  falls exponentially, and the update a step far back gets is swamped by
+  the recent steps' share of the same summed gradient: the network cannot
+  learn what happened there. The monitor judges what the decay plot shows,
+  over the sequence's own valid steps: the total ||dL/dh_t|| at the step
+  farthest back divided by its largest value over the sequence. Below
+  `VANISHING_RATIO` (1e-2: the first step gets less than 1% of what the
+  best-served step gets, two orders of magnitude) the sublayer is
+  "vanishing", whatever T is: a rate per step (`decay_factor`) means
+  nothing until it is raised to the sequence's own length, and that power
+  is what this ratio measures. The horizon (steps back until 1e-3 of the
+  peak) stays as a description.
+- **Exploding through time** (Pascanu et al. 2013: a Jacobian spectral
+  radius above 1): the gradient *grows* going back. Judged as the step
+  farthest back over the last step: at or above `EXPLODING_RATIO` (1e2),
+  and compounding (at least the square root of it over the first half of
+  the sequence alone), which a loss at every step summed over a
+  non-expanding recurrence cannot do (it grows at most linearly).
+- **Exploding across training steps**: the global gradient norm stays at
+  `EXPLODE_JUMP` (1e2) times its starting level (the median of the model's
+  first `BASELINE_RECORDS` recorded steps) or more for `EXPLODE_WINDOW` (3)
+  recorded steps in a row. A spike over a short history is not explosion:
+  norms rise several-fold when a model starts to learn (the keras-io IMDB
+  BiLSTM: ~25x, while its loss falls).
+- **Non-finite**: NaN/Inf anywhere. Non-finite *gradients* behind a finite
+  loss and finite forward states are an overflow of the backward pass, and
+  count as exploding too.
 """
 
 import dataclasses
 
 import numpy as np
+
+VANISHING_RATIO = 1e-2
+EXPLODING_RATIO = 1e2
+EXPLODE_JUMP = 1e2
+EXPLODE_WINDOW = 3
+BASELINE_RECORDS = 5
 
 
 def gradient_horizon(norms, fraction=1e-3):
@@ -57,26 +96,97 @@ def decay_factor(norms):
     return float(np.exp(slope))
 
 
-def is_exploding(global_norms, threshold=1e3, jump=10.0, window=20):
-    """Whether the last recorded global norm explodes.
+def through_time(norms):
+    """How far ||dL/dh_t|| falls and grows across the steps of one sequence.
 
-    Exploding: above `threshold`, or more than `jump` times the median of the
-    previous `window` finite records (needs at least 3 of them).
+    Args:
+        norms: 1-D per-step norms, processing order (index 0 farthest back).
+
+    Returns:
+        `(fall, growth)`: the norm at the step farthest back divided by the
+        largest norm (in [0, 1]; 1 when the first step is the largest), and
+        divided by the norm at the last step (> 1: it grows going back).
+        `(nan, nan)` with no positive finite norm.
     """
+    norms = np.asarray(norms, dtype=np.float64)
+    if norms.size == 0 or not np.all(np.isfinite(norms)) or norms.max() <= 0:
+        return float("nan"), float("nan")
+    first, last = norms[0], norms[-1]
+    growth = first / last if last > 0 else float("inf")
+    return float(first / norms.max()), float(growth)
+
+
+def grows_through_time(norms, ratio=EXPLODING_RATIO):
+    """Whether ||dL/dh_t|| grows going back by `ratio` or more over the
+    sequence and by `sqrt(ratio)` or more over its first half (compounding
+    growth: a non-expanding recurrence with a loss at every step grows at
+    most linearly)."""
+    norms = np.asarray(norms, dtype=np.float64)
+    if norms.size < 2 or not np.all(np.isfinite(norms)):
+        return False
+    first, middle, last = norms[0], norms[norms.size // 2], norms[-1]
+    if first <= 0:
+        return False
+    return bool(first >= ratio * last and first >= np.sqrt(ratio) * middle)
+
+
+def is_exploding(
+    global_norms,
+    jump=EXPLODE_JUMP,
+    window=EXPLODE_WINDOW,
+    threshold=None,
+    baseline=BASELINE_RECORDS,
+):
+    """Whether the global gradient norm explodes at the last record.
+
+    Exploding: each of the last `window` finite records is at least `jump`
+    times the starting level (the median of the first `baseline` finite
+    records before them), or the last one is above `threshold` (None: no
+    absolute limit). A spike over a short history is not explosion.
+
+    Args:
+        global_norms: the model's recorded global norms, in order.
+
+    Returns:
+        bool; `explosion_evidence` says why.
+    """
+    return (
+        explosion_evidence(global_norms, jump, window, threshold, baseline)
+        is not None
+    )
+
+
+def explosion_evidence(
+    global_norms,
+    jump=EXPLODE_JUMP,
+    window=EXPLODE_WINDOW,
+    threshold=None,
+    baseline=BASELINE_RECORDS,
+):
+    """Why `is_exploding` is true, in words (e.g. `"global norm 3e+04,
+    1.2e+03x its starting level 25 for 3 records"`), or None."""
     norms = np.asarray(global_norms, dtype=np.float64)
-    if norms.size == 0:
-        return False
+    if norms.size == 0 or not np.isfinite(norms[-1]):
+        return None  # non-finite is its own verdict
     last = norms[-1]
-    if not np.isfinite(last):
-        return False  # non-finite is its own verdict
-    if last > threshold:
-        return True
-    previous = norms[:-1][-window:]
-    previous = previous[np.isfinite(previous)]
-    if previous.size < 3:
-        return False
-    median = np.median(previous)
-    return bool(median > 0 and last > jump * median)
+    if threshold is not None and last > threshold:
+        return f"global norm {last:.3g} > explode_threshold={threshold:g}"
+    finite = norms[np.isfinite(norms)]
+    if finite.size < window + 1:
+        return None
+    start = np.median(finite[:-window][:baseline])
+    if start > 0 and np.all(finite[-window:] >= jump * start):
+        return (
+            f"global norm {last:.3g}, {last / start:.3g}x its starting level "
+            f"{start:.3g}, at or above {jump:g}x for {window} records"
+        )
+    return None
+
+
+def _ratio(value):
+    if value == 0:
+        return "0"
+    return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
 
 
 @dataclasses.dataclass
@@ -94,11 +204,16 @@ class SublayerDiagnosis:
             (T without padding; 0 for an all-padding batch).
         horizon: see `gradient_horizon`, over the valid steps.
         decay: see `decay_factor`, over the valid steps.
-        vanishing: horizon < `vanishing_fraction` * timesteps while the norm
-            shrinks going back (decay <= 1); never with fewer than 2 steps.
+        fall: ||dL/dh|| at the step farthest back over its largest value
+            (see `through_time`): the number behind "vanishing".
+        growth: ||dL/dh|| at the step farthest back over the last step's:
+            the number behind "exploding".
+        vanishing: `fall < vanishing_ratio` (default 1e-2).
+        exploding: `grows_through_time(norms, exploding_ratio)`.
         nonfinite_timestep: first input time step whose forward state is
             non-finite, else the time step where the backward pass first
             became non-finite (processing order), else None.
+        nonfinite_in: `"forward states"`, `"gradient"` or None.
         norms: the per-step norms the verdict read: processing order,
             end-aligned, valid steps only (index -1 = each sequence's last
             valid step).
@@ -111,18 +226,50 @@ class SublayerDiagnosis:
     vanishing: bool
     nonfinite_timestep: object = None
     norms: object = dataclasses.field(default=None, repr=False, compare=False)
+    fall: float = float("nan")
+    growth: float = float("nan")
+    exploding: bool = False
+    nonfinite_in: object = None
 
     @property
     def verdict(self):
-        """`"non-finite from t=<t>"`, `"no valid steps"`, `"not enough
-        steps"`, `"vanishing"` or `"ok"`."""
+        """`"non-finite"`, `"no valid steps"`, `"not enough steps"`, `"no
+        gradient"`, `"exploding"`, `"vanishing"` or `"ok"`; `summary` adds
+        the measured evidence."""
         if self.nonfinite_timestep is not None:
-            return f"non-finite from t={self.nonfinite_timestep}"
+            return "non-finite"
         if self.timesteps == 0:
             return "no valid steps"
         if self.timesteps < 2:
             return "not enough steps"
+        if not self.fall >= 0:  # NaN: no positive norm
+            return "no gradient"
+        if self.exploding:
+            return "exploding"
         return "vanishing" if self.vanishing else "ok"
+
+    @property
+    def evidence(self):
+        """What the verdict read, in words that can be checked against the
+        decay plot: e.g. `"falls to 1e-12 of its peak over 50 steps"`."""
+        verdict = self.verdict
+        if verdict == "non-finite":
+            return (
+                f"{self.nonfinite_in} non-finite from time step "
+                f"{self.nonfinite_timestep}"
+            )
+        if verdict in ("no valid steps", "not enough steps", "no gradient"):
+            return ""
+        steps = f"over {self.timesteps} steps"
+        if self.growth > 1 and self.fall >= 1:
+            return f"grows {_ratio(self.growth)}x going back {steps}"
+        return f"falls to {_ratio(self.fall)} of its peak {steps}"
+
+    @property
+    def summary(self):
+        """`"<verdict> (<evidence>)"`, as the report's table shows it."""
+        evidence = self.evidence
+        return f"{self.verdict} ({evidence})" if evidence else self.verdict
 
     @classmethod
     def from_norms(
@@ -133,7 +280,8 @@ class SublayerDiagnosis:
         grad_finite=None,
         reverse=False,
         fraction=1e-3,
-        vanishing_fraction=0.1,
+        vanishing_ratio=VANISHING_RATIO,
+        exploding_ratio=EXPLODING_RATIO,
         aligned_norm=None,
         aligned_count=None,
     ):
@@ -142,10 +290,12 @@ class SublayerDiagnosis:
         Args:
             grad_norm, forward_finite, grad_finite: per step, *input* order.
             reverse: True for a `go_backwards` sublayer.
+            fraction: see `gradient_horizon`.
+            vanishing_ratio, exploding_ratio: see the module docstring.
             aligned_norm, aligned_count: optional, processing order,
                 end-aligned over the valid steps (from the monitored step):
                 the norms and how many sequences reach each position. When
-                given, horizon and decay read the positions some sequence
+                given, the verdict reads the positions some sequence
                 reaches; otherwise every step of `grad_norm` counts.
         """
         grad_norm = np.asarray(grad_norm, dtype=np.float64)
@@ -158,26 +308,23 @@ class SublayerDiagnosis:
         horizon = gradient_horizon(processing, fraction)
         # The forward pass meets input step 0 first (T-1 when reversed); the
         # backward pass meets the last processed step first.
-        nonfinite = _first_bad(forward_finite, last=reverse)
+        nonfinite, where = _first_bad(forward_finite, last=reverse), "forward states"
         if nonfinite is None:
-            nonfinite = _first_bad(grad_finite, last=not reverse)
-        decay = decay_factor(processing)
-        # A short horizon only means vanishing when the norm shrinks going
-        # back; when it grows (decay > 1) the early steps dominate instead.
-        vanishing = (
-            nonfinite is None
-            and timesteps >= 2
-            and horizon < vanishing_fraction * timesteps
-            and not decay > 1.0
-        )
+            nonfinite, where = _first_bad(grad_finite, last=not reverse), "gradient"
+        fall, growth = through_time(processing)
+        judged = nonfinite is None and timesteps >= 2
         return cls(
             name=name,
             timesteps=timesteps,
             horizon=horizon,
-            decay=decay,
-            vanishing=bool(vanishing),
+            decay=decay_factor(processing),
+            vanishing=bool(judged and fall < vanishing_ratio),
             nonfinite_timestep=nonfinite,
             norms=processing,
+            fall=fall,
+            growth=growth,
+            exploding=bool(judged and grows_through_time(processing, exploding_ratio)),
+            nonfinite_in=None if nonfinite is None else where,
         )
 
 
@@ -224,37 +371,45 @@ def locate_nonfinite(loss, sublayers, layer_norms):
 
 @dataclasses.dataclass
 class NonFinite:
-    """Where non-finite gradients were first seen.
+    """Where non-finite values were first seen.
 
     Attributes:
         step: training step (0-based) of the first non-finite record.
         layer: the first recurrent sublayer (in forward order) whose states or
-            gradients were non-finite, or the first model layer with a
-            non-finite gradient norm when no sublayer was.
+            gradients were non-finite, `"loss"`, or the first model layer with
+            a non-finite gradient norm when no sublayer was; None when that
+            step was not recorded.
         timestep: time step within `layer` (input order), or None.
+        count: non-finite steps counted so far (recorded or not).
     """
 
     step: int
     layer: object
     timestep: object
+    count: int = 1
 
 
 @dataclasses.dataclass
 class Diagnosis:
-    """The monitor's verdict on the latest recorded step.
+    """The monitor's verdicts: the sublayer table of the latest recorded
+    step, and what happened over the whole run.
 
     Attributes:
         step: training step the sublayer verdicts describe, or None.
         sublayers: `{name: SublayerDiagnosis}` in forward order.
-        vanishing: names of vanishing sublayers.
-        exploding: whether the latest global norm explodes (`is_exploding`).
+        exploding: whether the latest record explodes (across steps, through
+            time or by non-finite gradients behind a finite loss).
         exploding_steps: every recorded step judged exploding.
-        nonfinite: `NonFinite` for the first non-finite record, or None.
-        skipped_steps: number of updates not applied because of NaN/Inf.
-        notes: extra lines for the report (e.g. the truncated horizon of
-            stateful layers).
+        nonfinite: `NonFinite` for the first non-finite step, or None.
+        skipped_steps: updates not applied, for any reason.
         depth: `keras_seq.diagnostics.DepthDiagnosis` of the latest record
             (a model with two or more recurrent levels in one stack), or None.
+        notes: extra lines for the report (e.g. the truncated horizon of
+            stateful layers, layers the monitor cannot see through).
+        exploding_evidence: `{step: text}`, why each exploding step was.
+        loss_scale_skips: updates a `LossScaleOptimizer` skipped because
+            its scaled gradients overflowed (part of `skipped_steps`).
+        vanishing_ratio: the threshold the sublayer verdicts used.
     """
 
     step: object
@@ -265,6 +420,9 @@ class Diagnosis:
     skipped_steps: int
     depth: object = None
     notes: tuple = ()
+    exploding_evidence: dict = dataclasses.field(default_factory=dict)
+    loss_scale_skips: int = 0
+    vanishing_ratio: float = VANISHING_RATIO
 
     @property
     def vanishing(self):
@@ -280,12 +438,18 @@ class Diagnosis:
         return [] if self.depth is None else self.depth.exploding
 
     @property
+    def exploding_through_time(self):
+        """Sublayers whose gradient grows going back (latest record)."""
+        return [name for name, d in self.sublayers.items() if d.exploding]
+
+    @property
     def healthy(self):
         """No vanishing or exploding gradients (through time or depth) and
         no non-finite values."""
         return not (
             self.vanishing
             or self.exploding
+            or self.exploding_through_time
             or self.nonfinite
             or self.vanishing_through_depth
             or self.exploding_through_depth
@@ -294,38 +458,42 @@ class Diagnosis:
     def markdown(self):
         """The per-sublayer table and the verdicts, as Markdown."""
         if self.step is None:
-            return (
+            lines = [
                 "**Gradient diagnosis: no training step recorded yet.** "
                 "Attach the monitor to `model.fit(..., callbacks=[monitor])`; "
                 "it records every `every`-th step."
-            )
-        lines = [
-            f"**Gradient diagnosis at step {self.step}**",
-            "",
-            "| sublayer | T | horizon | decay/step | verdict |",
-            "|---|---|---|---|---|",
-        ]
-        for d in self.sublayers.values():
+            ]
+            if self.notes:
+                lines += [""] + [f"- {note}" for note in self.notes]
+            return "\n".join(lines)
+        lines = [f"**Gradient diagnosis at step {self.step}**", ""]
+        if self.sublayers:
+            lines += [
+                f"Through time, at step {self.step} (||dL/dh_t|| over each "
+                "sequence's valid steps):",
+                "",
+                "| sublayer | T | horizon | decay/step | verdict |",
+                "|---|---|---|---|---|",
+            ]
+            for d in self.sublayers.values():
+                lines.append(
+                    f"| {d.name} | {d.timesteps} | {d.horizon} | {d.decay:.3g} | "
+                    f"{d.summary} |"
+                )
+            lines.append("")
+            vanishing = self.vanishing
             lines.append(
-                f"| {d.name} | {d.timesteps} | {d.horizon} | {d.decay:.3g} | "
-                f"{d.verdict} |"
+                "- vanishing through time: "
+                + (
+                    f"{', '.join(vanishing)} (the step farthest back gets less "
+                    f"than {self.vanishing_ratio:g} of the largest ||dL/dh_t||)"
+                    if vanishing
+                    else "no"
+                )
             )
-        lines.append("")
-        lines.append(
-            f"- exploding: {'yes' if self.exploding else 'no'}"
-            + (f" (steps {self.exploding_steps[:10]})" if self.exploding_steps else "")
-        )
-        if self.nonfinite is not None:
-            where = self.nonfinite.layer
-            if self.nonfinite.timestep is not None:
-                where = f"{where} at time step {self.nonfinite.timestep}"
-            lines.append(
-                f"- non-finite gradients first at training step "
-                f"{self.nonfinite.step}, in {where}"
-            )
-        else:
-            lines.append("- non-finite gradients: none")
-        lines.append(f"- skipped updates: {self.skipped_steps}")
+        lines.append(f"- exploding: {self._exploding_line()}")
+        lines.append(f"- non-finite values: {self._nonfinite_line()}")
+        lines.append(f"- skipped updates: {self._skipped_line()}")
         if self.depth is not None:
             lines += ["", "**Through depth** (gradient norm of each level)", ""]
             lines += self.depth.markdown_lines()
@@ -348,6 +516,79 @@ class Diagnosis:
             lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines)
 
+    def _exploding_line(self):
+        steps = list(self.exploding_steps)
+        if not steps:
+            return "no"
+        runs = _runs(steps)
+        last = steps[-1]
+        where = " and ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:4])
+        if len(runs) > 4:
+            where += f" and {len(runs) - 4} more"
+        count = f"{len(steps)} recorded step{'s' if len(steps) > 1 else ''}"
+        evidence = self.exploding_evidence.get(last)
+        evidence = f" ({evidence})" if evidence else ""
+        if self.exploding:
+            return f"yes, at step {last}{evidence}; exploding at steps {where} ({count})"
+        return f"at steps {where} ({count}), last at step {last}{evidence}; now: no"
+
+    def _nonfinite_line(self):
+        first = self.nonfinite
+        if first is None:
+            if self.loss_scale_skips:
+                return (
+                    "none, apart from the LossScaleOptimizer's float16 overflows "
+                    "(see skipped updates)"
+                )
+            return "none"
+        if first.layer is None:
+            where = " (not a recorded step: no location)"
+        elif first.layer == "loss":
+            where = ", in the loss"
+        else:
+            where = f", in {first.layer}"
+            if first.timestep is not None:
+                where += f" at time step {first.timestep} (input order)"
+        total = f"; {first.count} non-finite steps in all" if first.count > 1 else ""
+        table = ""
+        if any(d.nonfinite_timestep is not None for d in self.sublayers.values()):
+            table = f"; the table shows step {self.step}, not the first"
+            if first.step == self.step:
+                table = ""
+        return f"first at training step {first.step}{where}{total}{table}"
+
+    def _skipped_line(self):
+        if not self.skipped_steps:
+            return "0"
+        parts = []
+        if self.loss_scale_skips:
+            parts.append(
+                f"{self.loss_scale_skips} by the LossScaleOptimizer (scaled "
+                "gradients overflowed; it lowers its loss scale, routine under "
+                "mixed precision)"
+            )
+        guarded = self.skipped_steps - self.loss_scale_skips
+        if guarded:
+            parts.append(f"{guarded} for non-finite gradients (on_nan)")
+        return f"{self.skipped_steps}: " + "; ".join(parts)
+
     def report(self):
         """Plain text: the Markdown table without the emphasis."""
         return self.markdown().replace("**", "")
+
+
+def _runs(steps):
+    """Consecutive recorded steps grouped: `[(first, last), ...]` where a
+    gap larger than the smallest step between two exploding records starts
+    a new run."""
+    steps = sorted(steps)
+    if len(steps) < 2:
+        return [(steps[0], steps[0])] if steps else []
+    gap = min(b - a for a, b in zip(steps, steps[1:]))
+    runs = [[steps[0], steps[0]]]
+    for step in steps[1:]:
+        if step - runs[-1][1] <= gap:
+            runs[-1][1] = step
+        else:
+            runs.append([step, step])
+    return [tuple(r) for r in runs]

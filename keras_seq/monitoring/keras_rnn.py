@@ -130,6 +130,14 @@ def probeable(layer):
     )
 
 
+def has_timestep_data(layer):
+    """Whether the monitor records per-step data for `layer`: a
+    `keras_seq.layers.SharedRNN` (its own probes) or a `probeable` one."""
+    from keras_seq.layers import SharedRNN
+
+    return isinstance(layer, SharedRNN) or probeable(layer)
+
+
 @contextlib.contextmanager
 def probing(model, record):
     """While active (and `record`), the model's Keras SimpleRNN/GRU/LSTM

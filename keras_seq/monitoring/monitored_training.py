@@ -6,6 +6,8 @@ from keras_seq.monitoring import train_step
 
 # Keras's own training step; a model class that replaces it is not supported.
 _KERAS_TRAIN_STEP = keras.Model.train_step
+# id(model) -> the MonitoredTraining installed on it (one at a time).
+_INSTALLED = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +118,19 @@ class MonitoredTraining:
         if self._functions is None or key != self._key:
             self._functions = self._build()
             self._key = key
+        other = _INSTALLED.get(id(model))
+        if other is not None and other is not self:
+            # Two monitors in one fit would each wrap the other's function.
+            other.uninstall()
+            raise ValueError(
+                "Argument `callbacks` holds two GradientMonitor instances for "
+                f"one model ({model.name!r}). One monitor records everything "
+                "(pass one; several log_dir's need separate fits)."
+            )
         if not self._installed:
             self._keras_function = model.train_function
             self._installed = True
+            _INSTALLED[id(model)] = self
         self.statistics = None
         model.train_function = self._functions[False]
 
@@ -132,6 +144,8 @@ class MonitoredTraining:
             self.model.train_function = self._keras_function
             self._keras_function = None
             self._installed = False
+            if _INSTALLED.get(id(self.model)) is self:
+                del _INSTALLED[id(self.model)]
 
     def _build(self):
         model = self.model

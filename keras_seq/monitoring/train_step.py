@@ -91,18 +91,24 @@ def monitored_step(training, data, record):
         finite = statistics["finite"] > 0
     elif not loss_scaling:
         finite = _finite(_sum_replicas(_sums(weight_grads)))
+    overflow = tf.constant(False)
     if loss_scaling:
         # Non-finite scaled gradients are routine overflows that the
         # LossScaleOptimizer skips itself; only a non-finite loss is news.
+        # Its skips are counted apart, so the report can name them.
         bad = ~tf.math.is_finite(_sum_replicas(tf.cast(loss, tf.float32)))
-        model.optimizer.apply(_nonfinite_everywhere(weight_grads), variables)
+        weight_grads = _nonfinite_everywhere(weight_grads)
+        if not record:
+            finite = _finite(_sum_replicas(_sums(weight_grads)))
+        overflow = ~finite & ~bad
+        model.optimizer.apply(weight_grads, variables)
     else:
         bad = ~finite
         if settings.guard:
             _apply_if(finite, model.optimizer, weight_grads, variables)
         else:
             model.optimizer.apply(weight_grads, variables)
-    _count(settings.counters, bad)
+    _count(settings.counters, bad, overflow)
     logs = dict(model.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
     if statistics:
         logs[STATISTICS_KEY] = statistics
@@ -222,9 +228,11 @@ def _finite(sums):
     return tf.math.is_finite(tf.add_n(sums))
 
 
-def _count(counters, bad):
-    """counters = [steps run, non-finite steps, first and last of those]."""
-    step, count, first, last = tf.unstack(counters)
+def _count(counters, bad, overflow):
+    """counters = [steps run, non-finite steps, first and last of those,
+    updates a LossScaleOptimizer skipped on an overflow behind a finite
+    loss]."""
+    step, count, first, last, overflows = tf.unstack(counters)
     bad = tf.cast(bad, tf.int64)
     counters.assign(
         tf.stack(
@@ -233,6 +241,7 @@ def _count(counters, bad):
                 count + bad,
                 tf.where((bad > 0) & (first < 0), step, first),
                 tf.where(bad > 0, step, last),
+                overflows + tf.cast(overflow, tf.int64),
             ]
         )
     )

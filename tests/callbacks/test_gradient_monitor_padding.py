@@ -70,7 +70,13 @@ def test_padded_batch_gets_the_verdicts_of_its_unpadded_twin():
     unpadded, padded = _twins(rnn)
     _assert_same_verdicts(unpadded, padded)
     level_0 = padded.diagnosis().sublayers["rnn/level_0"]
-    assert (level_0.timesteps, level_0.horizon, level_0.verdict) == (LENGTH, 9, "ok")
+    # Spectral radius 0.5: ~0.5 per step, 1e-3 of the peak 9 steps back.
+    assert (level_0.timesteps, level_0.horizon, level_0.verdict) == (
+        LENGTH,
+        9,
+        "vanishing",
+    )
+    assert level_0.fall == pytest.approx(level_0.norms[0] / level_0.norms.max())
     # The frame says which steps were padding.
     frame = padded.timestep_frame()
     rows = frame[frame.layer == "rnn/level_0"].sort_values("timestep")

@@ -1,3 +1,5 @@
+import warnings
+
 """Behaviours a mutation trial showed untested: the idle clip factor, a
 go_backwards horizon at the callback level, a single exploding spike, and
 non-finite gradients behind a finite forward pass."""
@@ -72,26 +74,45 @@ def test_horizon_and_decay_count_back_in_processing_order(go_backwards):
     assert row["decay/rnn/level_0"] == pytest.approx(verdict.decay)
 
 
-def test_exploding_verdict_marks_a_single_spike_and_clears_after_it():
-    rng = np.random.RandomState(0)
-    x = rng.randn(40, 5, 2).astype("float32")
-    y = np.ones((40, 1), "float32")
-    y[24:28] = 1e4  # batch 6 of 10 only
-    # A zero learning rate: the spike cannot change the later steps.
+def _fit_targets(y):
+    x = np.random.RandomState(0).randn(len(y), 5, 2).astype("float32")
+    # A zero learning rate: the targets alone set each step's norm.
     model = _model(SharedRNN(4, name="rnn"), 5, optimizer=keras.optimizers.SGD(0.0))
-    monitor = GradientMonitor(every=1, explode_threshold=1e12)  # the jump rule only
-    with pytest.warns(UserWarning, match=r"Exploding gradients at step 6"):
-        model.fit(
-            x,
-            y,
-            batch_size=4,
-            shuffle=False,
-            verbose=0,
-            callbacks=[monitor],
-        )
+    monitor = GradientMonitor(every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[monitor])
+    exploding = [w for w in caught if "Exploding" in str(w.message)]
+    return monitor, exploding
+
+
+def test_a_spike_is_not_explosion_sustained_growth_is_once_per_episode():
+    y = np.ones((48, 1), "float32")
+    y[24:28] = 1e4  # batch 6 of 12 only: a 1e4x spike
+    monitor, caught = _fit_targets(y)
+    assert caught == [] and monitor.diagnosis().exploding_steps == []
+    y[24:36] = 1e4  # batches 6, 7, 8: three records at >= 100x the start
+    monitor, caught = _fit_targets(y)
     diagnosis = monitor.diagnosis()
-    assert diagnosis.exploding_steps == [6]
-    assert not diagnosis.exploding  # the latest step (9) is normal again
+    assert diagnosis.exploding_steps == [8]
+    assert not diagnosis.exploding  # the latest step (11) is normal again
+    # One warning, pointing at the user's fit line (this file), with evidence.
+    (warning,) = caught
+    assert warning.filename == __file__
+    assert "Exploding gradients at step 8: global norm" in str(warning.message)
+    assert "its starting level" in str(warning.message)
+    assert "exploding: at steps 8-8 (1 recorded step), last at step 8" not in (
+        monitor.report()
+    )
+    assert "- exploding: at steps 8 (1 recorded step), last at step 8 (global" in (
+        monitor.report()
+    )
+    assert monitor.report().rstrip().count("now: no") == 1
+    y[24:] = 1e4  # from batch 6 to the end: exploding now, warned once
+    monitor, caught = _fit_targets(y)
+    assert len(caught) == 1 and monitor.diagnosis().exploding_steps == [8, 9, 10, 11]
+    assert "- exploding: yes, at step 11 (global norm" in monitor.report()
+    assert "exploding at steps 8-11 (4 recorded steps)" in monitor.report()
 
 
 def _sqrt_loss(y_true, y_pred):
@@ -115,7 +136,16 @@ def test_nonfinite_gradients_behind_a_finite_forward_pass(go_backwards):
     assert nonfinite.timestep == (0 if go_backwards else steps - 1)
     top = monitor.diagnosis().sublayers["rnn/level_1"]
     assert top.nonfinite_timestep == nonfinite.timestep
-    assert "non-finite from t=" + str(nonfinite.timestep) in monitor.report()
+    assert f"gradient non-finite from time step {nonfinite.timestep}" in (
+        monitor.report()
+    )
+    assert (
+        f"first at training step 0, in rnn/level_1 at time step "
+        f"{nonfinite.timestep} (input order)" in monitor.report()
+    )
+    # Non-finite gradients behind a finite loss and forward pass: an overflow
+    # of the backward pass, so exploding too.
+    assert monitor.diagnosis().exploding_steps == [0]
     assert monitor.to_frame().loss.iloc[0] == 0.0
 
 

@@ -20,12 +20,32 @@ def test_decay_is_the_fitted_factor_per_step_back():
     assert np.isnan(diagnostics.decay_factor([0.0, 0.0, 1.0]))
 
 
-def test_exploding_by_threshold_or_jump_over_the_median():
+def test_exploding_needs_sustained_growth_over_the_starting_level():
     assert diagnostics.is_exploding([1.0, 2e3], threshold=1e3)
-    assert not diagnostics.is_exploding([1.0, 1.1, 0.9, 5.0], jump=10.0)
-    assert diagnostics.is_exploding([1.0, 1.1, 0.9, 12.0], jump=10.0)
-    assert not diagnostics.is_exploding([1.0, 12.0], jump=10.0)  # too few records
+    assert not diagnostics.is_exploding([1.0, 2e3])  # no threshold by default
+    # A spike, even 1000x, is not explosion; neither is a 25x rise (learning).
+    assert not diagnostics.is_exploding([1.0, 1.1, 0.9, 1e3])
+    assert not diagnostics.is_exploding([1.0, 1.1, 0.9] + [25.0] * 10)
+    # Three records at >= 100x the median of the first five: exploding.
+    start = [1.0, 3.0, 2.0, 2.0, 30.0]  # median 2
+    assert diagnostics.is_exploding(start + [200.0, 400.0, 800.0])
+    assert not diagnostics.is_exploding(start + [200.0, 199.0, 800.0])
+    assert not diagnostics.is_exploding(start + [200.0, 400.0])  # only two
+    # The starting level is the first five records, not the recent ones.
+    assert diagnostics.is_exploding(start + [5.0] * 20 + [300.0] * 3)
     assert not diagnostics.is_exploding([1.0, 1.0, 1.0, np.nan])
+    evidence = diagnostics.verdicts.explosion_evidence(start + [200.0, 400.0, 800.0])
+    assert evidence.startswith("global norm 800, 400x its starting level 2")
+
+
+def test_through_time_measures_the_fall_to_the_peak_and_the_growth():
+    fall, growth = diagnostics.through_time([1e-6, 1e-3, 1.0, 0.5])
+    assert fall == pytest.approx(1e-6) and growth == pytest.approx(2e-6)
+    # Linear growth of a summed loss at every step is not compounding growth.
+    ramp = np.arange(200, 0, -1.0)  # 200x going back, 2x over the first half
+    assert not diagnostics.grows_through_time(ramp)
+    assert diagnostics.grows_through_time(1.2 ** np.arange(30)[::-1])
+    assert not diagnostics.grows_through_time(1.1 ** np.arange(30)[::-1])  # 17x
 
 
 def test_sublayer_vanishing_needs_a_shrinking_norm():
@@ -33,8 +53,18 @@ def test_sublayer_vanishing_needs_a_shrinking_norm():
         "a", 0.1 ** np.arange(50)[::-1]
     )
     assert shrinking.vanishing and shrinking.horizon == 4  # 1, .1, .01, .001
+    assert shrinking.summary == "vanishing (falls to 1e-49 of its peak over 50 steps)"
     growing = diagnostics.SublayerDiagnosis.from_norms("b", 2.0 ** np.arange(50)[::-1])
     assert growing.horizon == 0 and not growing.vanishing
+    assert growing.exploding and growing.verdict == "exploding"
+    assert growing.summary == "exploding (grows 6e+14x going back over 50 steps)"
+    # The verdict follows the ratio, not the horizon: a gradient that keeps
+    # 2% at the start is ok, 0.5% vanishing, at any T.
+    for keep, verdict in ((0.02, "ok"), (0.005, "vanishing")):
+        for steps in (10, 200):
+            norms = keep ** (np.arange(steps)[::-1] / (steps - 1))
+            d = diagnostics.SublayerDiagnosis.from_norms("c", norms)
+            assert d.verdict == verdict and d.fall == pytest.approx(keep)
     backwards = diagnostics.SublayerDiagnosis.from_norms(
         "c", 0.1 ** np.arange(50), reverse=True
     )

@@ -1,0 +1,388 @@
+"""Measured losses of many level-removal candidates from one traced function.
+
+`suggest_depth` compares candidate sets of levels to drop by the loss of the
+model without them, each cut bridged (see `reduce_depth`). Rebuilding a model
+per candidate cost ~0.1 s each; here every level of a single stack gets two
+copies (returning sequences, and returning what the top level returns) built
+once from its config with its weights, and one `tf.function` of a boolean
+"keep" vector runs the kept levels on the calibration inputs, fits each
+bridge in-graph (the same least squares as `reduce_depth`, float64) and
+returns the loss on the held-out rows. One trace serves every candidate.
+
+Layouts outside what it reproduces (parallel branches, layers other than
+dropout-like ones between levels, stateful or state-returning levels, a
+`Bidirectional` of a multi-level `SharedRNN`, a head that also reads other
+tensors, ...) raise `Unsupported`; `suggest_depth` then measures each
+candidate by `reduce_depth` and a forward pass instead.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_seq.depth.levels import (
+    directions,
+    ordered_layers,
+    recurrent_core,
+    sequence_input,
+    single_stack,
+)
+from keras_seq.depth.reduce import (
+    _PASS_THROUGH,
+    RIDGE,
+    _producers,
+    _without_build_config,
+)
+from keras_seq.layers.shared_rnn import SharedRNN
+
+
+class Unsupported(Exception):
+    """The model's layout is outside what `CandidateLosses` reproduces."""
+
+
+class CandidateLosses:
+    """Loss on held-out rows of `model` without a set of levels, bridged.
+
+    Args:
+        model: A compiled model; `levels` its recurrent levels.
+        x, y: Calibration data (arrays).
+        fit_rows, loss_rows: Boolean row selections: the bridges are fitted
+            on `fit_rows`, the loss is measured on `loss_rows`.
+
+    Attributes:
+        traces: How many times the candidate function was traced.
+        full_loss: The loss with every level kept.
+        similarity: Per level, the mean angular distance between its input
+            and output sequences over the valid steps (NaN where the widths
+            differ).
+    """
+
+    def __init__(self, model, levels, x, y, fit_rows, loss_rows):
+        self.model = model
+        self.levels = levels
+        self.n = len(levels)
+        self.traces = 0
+        self._check(model, levels)
+        inputs = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+        first = levels[0].layer
+        sequence, mask = sequence_input(first)
+        features = keras.Model(inputs, [sequence] if mask is None else [sequence, mask])
+        found = keras.tree.flatten(features(x, training=False))
+        self.stack_input = tf.convert_to_tensor(found[0])
+        self.mask = None if mask is None else tf.convert_to_tensor(found[1])
+        self.head = self._head(model, levels[-1].layer)
+        self._finals = {}
+        self.returns_last = not levels[-1].layer.return_sequences
+        if not self.returns_last and self.mask is not None:
+            raise Unsupported("a masked top level returning sequences")
+        self.seq_twins = [self._twin(level, True) for level in levels]
+        # A Bidirectional level's last output is not a step of its merged
+        # sequence: such a level also gets a copy returning the last output.
+        self.final_twins = [
+            self._twin(level, False)
+            if self.returns_last and level.bidirectional
+            else None
+            for level in levels
+        ]
+
+        rows = np.asarray(fit_rows, bool)
+        steps = self.stack_input.shape[1]
+        step_rows = np.repeat(rows[:, None], steps, axis=1)
+        if self.mask is not None:
+            step_rows &= keras.ops.convert_to_numpy(self.mask).astype(bool)
+        self.step_weights = tf.constant(step_rows.reshape(-1), tf.float64)
+        self.row_weights = tf.constant(rows, tf.float64)
+        self.loss_rows = tf.constant(np.flatnonzero(loss_rows), tf.int32)
+        self.y = keras.tree.map_structure(
+            lambda a: tf.gather(tf.convert_to_tensor(a), self.loss_rows), y
+        )
+        self.input_bias = [_has_input_bias(level) for level in levels]
+        self.head_bias = self.head_bridge is not None and self.head_bridge.use_bias
+
+        # What each level reads in the full model, and the head's input, are
+        # arguments (the full model's own call, every level kept, returns
+        # them): one trace for the recording and every candidate.
+        self.widths = [
+            _width(level) for level in levels
+        ]
+        dtype = self.stack_input.dtype
+        spec = [tf.TensorSpec([self.n], tf.bool)]
+        spec += [
+            tf.TensorSpec([None, steps, w], dtype)
+            for w in [self.stack_input.shape[-1]] + self.widths[:-1]
+        ]
+        top_shape = keras.tree.flatten(levels[-1].layer.output)[0].shape
+        spec.append(tf.TensorSpec([None] + list(top_shape[1:]), dtype))
+        self._function = tf.function(
+            self._loss, input_signature=spec, autograph=False
+        )
+        keep = tf.ones([self.n], tf.bool)
+        rows_all = self.stack_input.shape[0]
+        placeholders = [
+            tf.zeros([rows_all] + list(t.shape[1:]), dtype) for t in spec[1:]
+        ]
+        loss, outputs, head_input = self._function(keep, *placeholders)
+        self.inputs_old = [self.stack_input] + list(outputs[:-1])
+        self.final_old = head_input
+        self.full_loss = float(loss)
+        self.similarity = [
+            _angular_distance(a, b, self.mask)
+            for a, b in zip(self.inputs_old, outputs)
+        ]
+        # The copies must reproduce the model (on a few rows: eager calls).
+        few = keras.tree.map_structure(lambda a: np.asarray(a)[:4], x)
+        expected = keras.ops.convert_to_numpy(model(few, training=False))
+        got = keras.ops.convert_to_numpy(self.head(head_input[:4]))
+        scale = max(float(np.max(np.abs(expected))), 1e-6)
+        if got.shape != expected.shape or np.max(np.abs(got - expected)) > 1e-3 * scale:
+            raise Unsupported("the level copies do not reproduce the model's outputs")
+
+    # ------------------------------------------------------------- layout
+
+    def _check(self, model, levels):
+        if not single_stack(model, levels):
+            raise Unsupported("parallel recurrent branches")
+        producer = _producers(model)
+        layers = []
+        for level in levels:
+            if not layers or layers[-1] is not level.layer:
+                layers.append(level.layer)
+        for lower, upper in zip(layers, layers[1:]):
+            below = producer.get(id(upper))
+            while below is not None and isinstance(below, _PASS_THROUGH):
+                below = producer.get(id(below))
+            if below is not lower:
+                raise Unsupported(f"layers between `{lower.name}` and `{upper.name}`")
+        for layer in layers:
+            core = recurrent_core(layer)
+            if any(rnn.stateful for rnn in directions(layer)):
+                raise Unsupported(f"stateful layer `{layer.name}`")
+            if len(keras.tree.flatten(layer.output)) != 1:
+                raise Unsupported(f"layer `{layer.name}` returns several tensors")
+            sequence, mask = sequence_input(layer)
+            if any(
+                t is not sequence and t is not mask
+                for t in keras.tree.flatten(layer.input)
+            ):
+                raise Unsupported(f"layer `{layer.name}` takes extra inputs")
+            if (
+                isinstance(layer, keras.layers.Bidirectional)
+                and isinstance(core, SharedRNN)
+                and core.depth > 1
+            ):
+                raise Unsupported(f"Bidirectional multi-level SharedRNN `{layer.name}`")
+
+    def _head(self, model, top):
+        """The function from the top layer's output to the model's output,
+        and the Dense layer a bridge refits when the top level goes."""
+        self.head_bridge = None
+        if isinstance(model, keras.Sequential):
+            above = model.layers[model.layers.index(top) + 1 :]
+            for layer in above:
+                if not isinstance(layer, _PASS_THROUGH):
+                    if isinstance(layer, keras.layers.Dense):
+                        self.head_bridge = layer
+                    break
+
+            def head(h):
+                for layer in above:
+                    h = layer(h, training=False)
+                return h
+
+            return head
+        try:
+            sub = keras.Model(top.output, model.output)
+        except Exception as error:  # noqa: BLE001 - any failure: not modelled
+            raise Unsupported(f"the head above `{top.name}`: {error}") from None
+        consumers = [
+            op
+            for op in ordered_layers(sub)
+            if any(t is top.output for t in keras.tree.flatten(op.input))
+        ]
+        if len(consumers) == 1 and isinstance(consumers[0], keras.layers.Dense):
+            self.head_bridge = consumers[0]
+        return lambda h: sub(h, training=False)
+
+    def _twin(self, level, return_sequences):
+        """A one-level copy of `level` with its weights."""
+        layer = level.layer
+
+        def edit(config):
+            config = dict(config)
+            config.update(
+                return_sequences=return_sequences,
+                return_state=False,
+                stateful=False,
+                name=f"{config['name']}_level_{level.index}",
+            )
+            if "depth" in config:
+                config.update(depth=1, share_depth=False)
+            return config
+
+        config = _without_build_config(layer.get_config())
+        if isinstance(layer, keras.layers.Bidirectional):
+            for key in ("layer", "backward_layer"):
+                if config.get(key):
+                    config[key]["config"] = edit(config[key]["config"])
+            config["name"] = f"{config['name']}_twin"
+        else:
+            config = edit(config)
+        twin = type(layer).from_config(config)
+        core = recurrent_core(layer)
+        if isinstance(core, SharedRNN) and core.depth > 1:
+            weights = [w for w in core.cell.level_weights(level.index) if w is not None]
+            values = [keras.ops.convert_to_numpy(w) for w in weights]
+            width = core.units if level.index else core.cell.input_dim
+        else:
+            values = layer.get_weights()
+            width = sequence_input(layer)[0].shape[-1]
+        twin(np.zeros((1, 2, width), keras.backend.floatx()))
+        twin.set_weights(values)
+        return twin
+
+    # ------------------------------------------------------------- losses
+
+    def losses(self, candidates):
+        """Losses of `candidates` (iterables of level positions to drop)."""
+        found = []
+        for drop in candidates:
+            keep = np.ones(self.n, bool)
+            keep[list(drop)] = False
+            if not keep.any():
+                found.append(float("inf"))
+                continue
+            loss, _, _ = self._function(
+                tf.constant(keep), *self.inputs_old, self.final_old
+            )
+            found.append(float(loss))
+        return found
+
+    def _loss(self, keep, *args):
+        # A flat graph, no tf.cond: every level runs on every call (dropped
+        # ones on a discarded input). Branches made the trace and the first
+        # run (graph optimisation of nested functions) cost ~10 s for 8
+        # levels; the whole stack's forward pass costs less than that over
+        # a hundred candidates.
+        self.traces += 1  # Python runs only while tracing
+        inputs_old, final_old = list(args[:-1]), args[-1]
+        n = self.n
+        index = tf.range(n)
+        below = [
+            tf.reduce_max(tf.concat([[-1], tf.where(keep[:k], index[:k], -1)], 0))
+            for k in range(n)
+        ]
+        top = tf.reduce_max(tf.where(keep, index, -1))
+        sources = [self.stack_input]  # source s + 1
+        for k in range(n):
+            chosen = sources[k]  # the level below, unchanged: no bridge
+            for group, members in _by_width(sources[:k]).items():
+                picked = _pick(sources, members, below[k] + 1)
+                bridged = self._bridge(
+                    picked, inputs_old[k], self.step_weights, self.input_bias[k]
+                )
+                use = tf.reduce_any(tf.equal(below[k] + 1, members))
+                chosen = tf.where(use, bridged, chosen)
+            sources.append(
+                self.seq_twins[k](chosen, mask=self.mask, training=False)
+            )
+            if self.final_twins[k] is not None:
+                self._finals[k] = (chosen,)
+        outputs = sources[1:]
+        finals = []
+        for k in range(n):
+            if self.final_twins[k] is not None:
+                finals.append(
+                    self.final_twins[k](self._finals[k][0], mask=self.mask, training=False)
+                )
+            else:
+                finals.append(outputs[k][:, -1] if self.returns_last else outputs[k])
+        head_input = finals[-1]
+        for group, members in _by_width(finals[:-1]).items():
+            picked = _pick(finals, members, top)
+            if self.head_bridge is not None:
+                weights = self.step_weights if len(picked.shape) == 3 else self.row_weights
+                picked = self._bridge(picked, final_old, weights, self.head_bias)
+            elif group != final_old.shape[-1]:
+                picked = tf.fill(tf.shape(final_old), np.nan)
+            use = tf.reduce_any(tf.equal(top, members))
+            head_input = tf.where(use, picked, head_input)
+        y_pred = keras.tree.map_structure(
+            lambda t: tf.gather(t, self.loss_rows), self.head(head_input)
+        )
+        loss = self.model.compute_loss(y=self.y, y_pred=y_pred, training=False)
+        return loss, outputs, head_input
+
+    @staticmethod
+    def _bridge(source, target, weights, intercept):
+        """`source` mapped by the least-squares fit of `target` on it over
+        the rows with weight 1 (`reduce.bridge_coefficients`, in-graph)."""
+        width = source.shape[-1]
+        a = tf.reshape(tf.cast(source, tf.float64), [-1, width])
+        b = tf.reshape(tf.cast(target, tf.float64), [-1, target.shape[-1]])
+        if intercept:
+            a = tf.concat([a, tf.ones_like(a[:, :1])], axis=1)
+        weighted = a * weights[:, None]
+        gram = tf.matmul(weighted, a, transpose_a=True)
+        scale = tf.sqrt(tf.linalg.diag_part(gram)) + 1e-30
+        scaled = gram / (scale[:, None] * scale[None, :]) + RIDGE * tf.eye(
+            tf.shape(gram)[0], dtype=tf.float64
+        )
+        rhs = tf.matmul(weighted, b, transpose_a=True) / scale[:, None]
+        coef = tf.linalg.solve(scaled, rhs) / scale[:, None]
+        mapped = tf.matmul(a, coef)
+        shape = tf.concat([tf.shape(source)[:-1], [target.shape[-1]]], 0)
+        return tf.cast(tf.reshape(mapped, shape), source.dtype)
+
+
+def _by_width(tensors):
+    """`{width: [indices]}` of `tensors`."""
+    groups = {}
+    for i, tensor in enumerate(tensors):
+        groups.setdefault(tensor.shape[-1], []).append(i)
+    return groups
+
+
+def _pick(tensors, members, index):
+    """`tensors[index]` when `index` is in `members` (all of one shape),
+    else one of them (the caller discards it)."""
+    if len(members) == 1:
+        return tensors[members[0]]
+    stacked = tf.stack([tensors[i] for i in members])
+    position = tf.argmax(tf.cast(tf.equal(tf.constant(members), index), tf.int32))
+    return tf.gather(stacked, position)
+
+
+def _width(level):
+    """The width of a level's output sequence."""
+    core = recurrent_core(level.layer)
+    if isinstance(core, SharedRNN) and level.index < core.depth - 1:
+        return core.units
+    width = core.units
+    if level.bidirectional and level.layer.merge_mode == "concat":
+        width *= 2
+    return width
+
+
+def _has_input_bias(level):
+    core = recurrent_core(level.layer)
+    if isinstance(core, SharedRNN):
+        return core.cell.level_weights(level.index)[2] is not None
+    return getattr(core.cell, "bias", None) is not None
+
+
+def _angular_distance(inputs, outputs, mask):
+    inputs = keras.ops.convert_to_numpy(inputs)
+    outputs = keras.ops.convert_to_numpy(outputs)
+    if inputs.shape[-1] != outputs.shape[-1]:
+        return np.nan
+    a = inputs.reshape(-1, inputs.shape[-1]).astype(np.float64)
+    b = outputs.reshape(-1, outputs.shape[-1]).astype(np.float64)
+    if mask is not None:
+        rows = keras.ops.convert_to_numpy(mask).reshape(-1).astype(bool)
+        a, b = a[rows], b[rows]
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    usable = norms > 0
+    if not usable.any():
+        return np.nan
+    cosine = np.sum(a * b, axis=1)[usable] / norms[usable]
+    return float(np.mean(np.arccos(np.clip(cosine, -1.0, 1.0)) / np.pi))
