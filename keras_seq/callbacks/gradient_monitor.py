@@ -45,15 +45,17 @@ class GradientMonitor(keras.callbacks.Callback):
       gradient (projected on the applied gradient's direction, so the
       contributions of all steps add up to its norm).
 
-    Built-in Keras layers (`SimpleRNN`, `LSTM`, `Dense`, ...) get per-layer
-    norms. Steps that do not record run Keras's own step (plus an all-finite
-    guard when `on_nan` is `"stop"` or `"skip"`).
+    The same per-step data comes from Keras's own `SimpleRNN`, `GRU` and
+    `LSTM` (dL/dc_t too), alone, stacked or `Bidirectional`; other layers
+    get per-layer norms. Steps that do not record run Keras's own step (plus
+    an all-finite guard when `on_nan` is `"stop"` or `"skip"`).
 
     TensorBoard tags (under `<log_dir>/gradients`, a run of its own next to
     `keras.callbacks.TensorBoard`'s `train` and `validation`):
 
     - scalars, at each recorded step: `gradients/global_norm`,
-      `gradients/applied_norm`, `gradients/loss`, `gradients/skipped_steps`,
+      `gradients/applied_norm`, `gradients/loss`, `gradients/skipped_steps`
+      (and `gradients/loss_scale_skips` under a `LossScaleOptimizer`),
       `gradients/norm/<layer>`, `gradients/horizon/<sublayer>`,
       `gradients/decay/<sublayer>`, and `gradients/depth_ratio/<level>` (a
       level's gradient norm over the top level's, for two or more recurrent
@@ -102,29 +104,54 @@ class GradientMonitor(keras.callbacks.Callback):
             when an element is NaN/Inf or the sum of its squares overflows
             float32 (an element above ~1.8e19): Adam's second moment would
             turn such a gradient into NaN weights.
-        on_explode: `"warn"` (default) or `"stop"` when the global norm
-            explodes (see `keras_seq.diagnostics.is_exploding`).
+        on_explode: `"warn"` (default) or `"stop"` when a recorded step
+            explodes: across training steps, through time, or with
+            non-finite gradients behind a finite loss (an overflow). The
+            warning comes once per episode (consecutive exploding records)
+            and points at the user's `fit` line.
         histograms: Default False. Write gradient histograms (copies every
             gradient to the host on recorded steps).
         contributions: Default True. Compute each time step's contribution
             to the recurrent-kernel gradient (one extra `(T*batch, units) x
             (units, units)` matmul per sublayer on recorded steps); False
             leaves the `contribution` column NaN.
-        horizon_fraction: Default 1e-3, see `diagnostics.gradient_horizon`.
-        vanishing_fraction: Default 0.1: a sublayer is vanishing when its
-            horizon is shorter than this fraction of the sequence length.
-        explode_threshold: Default 1e3, an absolute global-norm limit.
-        explode_jump: Default 10.0, a jump over the running median.
+        horizon_fraction: Default 1e-3, see `diagnostics.gradient_horizon`
+            (a description: the verdicts do not read it).
+        vanishing_ratio: Default 1e-2. A recurrent sublayer is *vanishing
+            through time* when ||dL/dh_t|| at the step farthest back in the
+            sequence (its valid steps) is below this fraction of its largest
+            value: the start of the sequence gets less than 1% of the
+            gradient. See `keras_seq.diagnostics.verdicts` for the
+            definitions and their sources.
+        exploding_ratio: Default 1e2. *Exploding through time*: the
+            gradient grows going back by this factor or more over the
+            sequence, compounding (its square root over the first half).
+        explode_jump: Default 1e2. *Exploding across training steps*: the
+            global norm stays at this factor or more over its starting
+            level (the median of the model's first 5 records) for 3
+            records in a row. A spike is not explosion.
+        explode_threshold: Default None. An absolute global-norm limit, off
+            unless given (a summed loss or a large batch makes big norms
+            normal).
         depth_vanishing_ratio: Default 1e-2. A recurrent level whose gradient
             norm is below this fraction of the top level's is "vanishing
             through depth" (see `keras_seq.diagnostics.DepthDiagnosis`).
         depth_exploding_ratio: Default 1e2, the same upwards: "exploding
             through depth".
 
+    What it cannot see it says: a model without a recurrent layer, or with
+    recurrent layers that get no per-step data (other cells, stacked cells),
+    gets one warning when training begins and a line in `report()`. Two
+    monitors in one `fit` raise a `ValueError`; a monitor moved to another
+    model warns (its frames go on, its verdicts start over).
+
     Attributes:
         records: list of dicts, one per recorded step (the rows of
             `to_frame()`).
-        skipped_steps: number of updates skipped for NaN/Inf.
+        skipped_steps: number of updates not applied, for any reason.
+        loss_scale_skips: of those, the updates a
+            `keras.optimizers.LossScaleOptimizer` skipped because its scaled
+            gradients overflowed (routine under mixed precision).
 
     Raises:
         TypeError: when attached to something that is not a Keras model, or
@@ -290,9 +317,11 @@ class GradientMonitor(keras.callbacks.Callback):
                     trainable=False,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
-            if self._counters_model is not None and len(self.records) > (
-                self._model_first_record
-            ) and not self._moving:
+            if (
+                self._counters_model is not None
+                and len(self.records) > (self._model_first_record)
+                and not self._moving
+            ):
                 _warn(
                     "GradientMonitor: this monitor recorded another model "
                     f"({self._counters_model.name!r}) and is now attached to "
@@ -661,9 +690,7 @@ class GradientMonitor(keras.callbacks.Callback):
         return None
 
     def _latest_of(self, row):
-        return [
-            d for name, d in self._latest.items() if f"horizon/{name}" in row
-        ]
+        return [d for name, d in self._latest.items() if f"horizon/{name}" in row]
 
     def _warn_unprobed(self, sublayers):
         """Warn once per model about recurrent layers that were expected to
@@ -808,11 +835,23 @@ class GradientMonitor(keras.callbacks.Callback):
 
     def _write_scalars(self, row, statistics):
         writer = self._get_writer()
-        row = dict(row, skipped_steps=self.skipped_steps)
-        keys = ("global_norm", "applied_norm", "loss", "skipped_steps") + tuple(
-            k
-            for k in row
-            if k.startswith(("norm/", "horizon/", "decay/", "depth_ratio/"))
+        row = dict(
+            row,
+            skipped_steps=self.skipped_steps,
+            loss_scale_skips=self.loss_scale_skips,
+        )
+        # Under a LossScaleOptimizer its own skips get a chart of their own.
+        counts = ("skipped_steps",) + (
+            ("loss_scale_skips",) if self._loss_scaling else ()
+        )
+        keys = (
+            ("global_norm", "applied_norm", "loss")
+            + counts
+            + tuple(
+                k
+                for k in row
+                if k.startswith(("norm/", "horizon/", "decay/", "depth_ratio/"))
+            )
         )
         with writer.as_default(step=row["step"]):
             if not self._layout_written:
@@ -866,6 +905,7 @@ class GradientMonitor(keras.callbacks.Callback):
         under this monitor, from 0), `epoch`, `loss` (of that
         batch), `global_norm` (before clipping), `applied_norm` (after the
         optimizer's clipping), `finite`, `skipped` (update not applied),
+        `skipped_by` (`"on_nan"`, `"loss_scale"` or `""`),
         `norm/<layer>` for every layer with weights, `horizon/<sublayer>`
         and `decay/<sublayer>` for every recurrent sublayer, and
         `depth_ratio/<level>` (the level's gradient norm over the top

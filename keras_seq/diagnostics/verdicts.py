@@ -151,8 +151,7 @@ def is_exploding(
         bool; `explosion_evidence` says why.
     """
     return (
-        explosion_evidence(global_norms, jump, window, threshold, baseline)
-        is not None
+        explosion_evidence(global_norms, jump, window, threshold, baseline) is not None
     )
 
 
@@ -184,8 +183,9 @@ def explosion_evidence(
 
 
 def _ratio(value):
-    if value == 0:
-        return "0"
+    """A ratio for people: 0.35, 12, 3e-12, 8e+4."""
+    if 0.01 <= value < 100:
+        return f"{value:.2g}"
     return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
 
 
@@ -263,6 +263,8 @@ class SublayerDiagnosis:
         steps = f"over {self.timesteps} steps"
         if self.growth > 1 and self.fall >= 1:
             return f"grows {_ratio(self.growth)}x going back {steps}"
+        if self.fall == 0:
+            return f"falls to 0 (below float range) {steps}"
         return f"falls to {_ratio(self.fall)} of its peak {steps}"
 
     @property
@@ -529,7 +531,9 @@ class Diagnosis:
         evidence = self.exploding_evidence.get(last)
         evidence = f" ({evidence})" if evidence else ""
         if self.exploding:
-            return f"yes, at step {last}{evidence}; exploding at steps {where} ({count})"
+            return (
+                f"yes, at step {last}{evidence}; exploding at steps {where} ({count})"
+            )
         return f"at steps {where} ({count}), last at step {last}{evidence}; now: no"
 
     def _nonfinite_line(self):

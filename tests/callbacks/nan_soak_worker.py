@@ -163,7 +163,8 @@ class StepChecker(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._before = self._snapshot()
-        self._skipped = self.monitor.skipped_steps
+        self._skipped = _guarded(self.monitor)
+        self._all_skipped = self.monitor.skipped_steps
 
     def on_train_batch_end(self, batch, logs=None):
         after, before = self._snapshot(), self._before
@@ -182,7 +183,8 @@ class StepChecker(keras.callbacks.Callback):
                 "step": len(self.steps),
                 "monitor_step": self.monitor.steps - 1,
                 "time": time.perf_counter(),
-                "counted": self.monitor.skipped_steps - self._skipped,
+                "counted": _guarded(self.monitor) - self._skipped,
+                "all_counted": self.monitor.skipped_steps - self._all_skipped,
                 "nonfinite": nonfinite,
                 "replica_mismatch": mismatch,
                 "weights_changed": sum(changed),
@@ -198,7 +200,8 @@ class StepChecker(keras.callbacks.Callback):
                 else after["scale"] < before["scale"],
             }
         )
-        self._before, self._skipped = after, self.monitor.skipped_steps
+        self._before, self._skipped = after, _guarded(self.monitor)
+        self._all_skipped = self.monitor.skipped_steps
 
 
 def soak(case, steps, seed=0):
@@ -246,7 +249,7 @@ def soak(case, steps, seed=0):
         "seconds": seconds,
         "poison": {str(k): v for k, v in poison.items()},
         "monitor_steps": monitor.steps,
-        "skipped_steps": monitor.skipped_steps,
+        "skipped_steps": _guarded(monitor),
         "first_nonfinite": None if nonfinite is None else nonfinite.step,
         "recorded": frame.step.tolist(),
         "frame_skipped": frame.step[frame.skipped].tolist(),
@@ -270,12 +273,20 @@ def summary(result):
             kind: sum(v[0] == kind for v in result["poison"].values()) for kind in KINDS
         },
         "counted": [s["step"] for s in per_step for _ in range(s["counted"])],
+        "all_counted": [s["step"] for s in per_step for _ in range(s["all_counted"])],
         "untouched": [s["step"] for s in per_step if s["weights_changed"] == 0],
         "lso_skipped": lso,
         "clean_lso_skips": sorted(set(lso) - set(poisoned)),
         "nonfinite": sum(len(s["nonfinite"]) for s in per_step),
         "replica_mismatch": sum(s["replica_mismatch"] for s in per_step),
     }
+
+
+def _guarded(monitor):
+    """Updates the monitor skipped for non-finite values (its `on_nan`
+    guard, or a non-finite loss under loss scaling): `skipped_steps` less
+    the LossScaleOptimizer's own overflow skips."""
+    return monitor.skipped_steps - monitor.loss_scale_skips
 
 
 def problems(result):
@@ -296,10 +307,11 @@ def problems(result):
       lowered its scale (its skips), the untouched steps and the steps
       whose `to_frame()` row says `skipped` are the same set (every step is
       recorded); every poisoned step is in it, and so may be clean batches
-      whose scaled float16 gradient overflowed. `skipped_steps` counts only
-      the steps with a non-finite loss (by design: overflows are the
-      LossScaleOptimizer's routine, not NaN events): exactly the rows whose
-      `loss` is not finite, the first of them named by the diagnosis.
+      whose scaled float16 gradient overflowed. `skipped_steps` counts every
+      one of them; less `loss_scale_skips` (the overflows, the
+      LossScaleOptimizer's routine, not NaN events) it counts exactly the
+      rows whose `loss` is not finite, the first of them named by the
+      diagnosis.
     """
     if "error" in result:
         return [f"fit failed: {result['error'][:500]}"]
@@ -358,6 +370,8 @@ def problems(result):
             found.append(f"poisoned steps updated: {updated[:10]}")
         loss = result["frame_loss_nonfinite"]
         differ("counted by the monitor vs non-finite loss", s["counted"], loss)
+        # One truth: every update the LSO skipped is in `skipped_steps`.
+        differ("skipped_steps vs untouched", s["all_counted"], s["untouched"])
         first = min(loss) if loss else None
     if result["first_nonfinite"] != first:
         found.append(

@@ -92,6 +92,7 @@ def test_nan_skip_works_across_replicas(result):
             "step": 1,
             "layer": "rnn/level_0",
             "timestep": 2,
+            "count": 1,
         }
         assert result[name]["frame"]["finite"] == [True, False, True]
     for a, b in zip(result["one"]["weights"], result["two"]["weights"]):

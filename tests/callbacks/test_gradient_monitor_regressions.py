@@ -1,8 +1,8 @@
-import warnings
-
 """Behaviours a mutation trial showed untested: the idle clip factor, a
 go_backwards horizon at the callback level, a single exploding spike, and
 non-finite gradients behind a finite forward pass."""
+
+import warnings
 
 import keras
 import numpy as np

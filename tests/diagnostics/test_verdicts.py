@@ -58,6 +58,7 @@ def test_sublayer_vanishing_needs_a_shrinking_norm():
     assert growing.horizon == 0 and not growing.vanishing
     assert growing.exploding and growing.verdict == "exploding"
     assert growing.summary == "exploding (grows 6e+14x going back over 50 steps)"
+    assert diagnostics.verdicts._ratio(0.35) == "0.35"
     # The verdict follows the ratio, not the horizon: a gradient that keeps
     # 2% at the start is ok, 0.5% vanishing, at any T.
     for keep, verdict in ((0.02, "ok"), (0.005, "vanishing")):

@@ -146,9 +146,18 @@ def test_layers_without_per_step_data_are_named_once():
     model.compile(optimizer="sgd", loss="mse")
     x, y, _ = _data(masked=False)
     monitor = GradientMonitor(every=1)
-    with pytest.warns(UserWarning, match=r"per-layer norms only: custom \(") as seen:
+    message = r"per-layer gradient norms only .* for custom:"
+    with pytest.warns(UserWarning, match=message) as seen:
         model.fit(x, y, batch_size=2, verbose=0, callbacks=[monitor])
-    assert sum("per-layer norms only" in str(w.message) for w in seen) == 1
+        model.fit(x, y, batch_size=2, verbose=0, callbacks=[monitor])
+    assert sum("per-layer gradient norms only" in str(w.message) for w in seen) == 1
+    # Warned at train begin, pointing at the user's fit line, and said again
+    # in the report (not an empty table).
+    (warning,) = [w for w in seen if "per-layer gradient" in str(w.message)]
+    assert warning.filename == __file__
+    assert "for custom: per-step data needs keras_seq.layers.SharedRNN" in (
+        monitor.report()
+    )
     assert set(monitor.timestep_frame().layer) == {"lstm/level_0"}
     assert "norm/custom" in monitor.to_frame()
 
@@ -183,3 +192,40 @@ def test_probed_forward_equals_keras(kind, kwargs):
     for a, b in zip(keras.tree.flatten(probed), keras.tree.flatten(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert "inner_loop" not in vars(layer)  # the patch is gone
+
+
+def test_a_model_without_recurrent_layers_is_said_once_and_in_the_report():
+    model = keras.Sequential([keras.Input((T, F)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((4, T, F), "float32")
+    monitor = GradientMonitor(every=1)
+    with pytest.warns(UserWarning, match="has no recurrent layer") as seen:
+        model.fit(x, np.zeros((4, T, 2)), batch_size=2, verbose=0, callbacks=[monitor])
+    assert sum("recurrent layer" in str(w.message) for w in seen) == 1
+    report = monitor.report()
+    assert "the model has no recurrent layer: per-layer gradient norms only" in report
+    assert "| sublayer |" not in report  # no header-only table
+
+
+def test_two_monitors_in_one_fit_are_refused_and_keras_gets_its_step_back():
+    model = keras.Sequential([keras.Input((T, F)), keras.layers.SimpleRNN(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((4, T, F), "float32"), np.zeros((4, 2), "float32")
+    with pytest.raises(ValueError, match="two GradientMonitor instances"):
+        model.fit(x, y, verbose=0, callbacks=[GradientMonitor(), GradientMonitor()])
+    model.fit(x, y, verbose=0)  # plain Keras again
+    assert "monitor" not in model.train_function.__qualname__.lower()
+    assert "strip_statistics" not in model.train_function.__qualname__
+
+
+def test_a_monitor_moved_to_another_model_warns():
+    monitor = GradientMonitor(every=1)
+    x, y = np.zeros((4, T, F), "float32"), np.zeros((4, 2), "float32")
+    for i in range(2):
+        model = keras.Sequential([keras.Input((T, F)), keras.layers.SimpleRNN(2)])
+        model.compile(optimizer="sgd", loss="mse")
+        if i == 0:
+            model.fit(x, y, verbose=0, callbacks=[monitor])
+            continue
+        with pytest.warns(UserWarning, match="recorded another model"):
+            model.fit(x, y, verbose=0, callbacks=[monitor])
