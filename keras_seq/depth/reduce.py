@@ -310,7 +310,10 @@ def reduce_depth(
     targets = [t for t in targets if not _shared(t.new_layer, t.new_index)]
     bridged = []
     if x is not None and targets:
-        fitter = _Bridge(model, new_model, x, batch_size)
+        # Eager forward passes: per-op overhead dominates, so large chunks
+        # (a model with a fixed batch size runs with its own).
+        fixed = model.inputs[0].shape[0] is not None
+        fitter = _Bridge(model, new_model, x, batch_size if fixed else max(batch_size, 1024))
         try:
             for target in targets:
                 bridged += fitter.fit(target)

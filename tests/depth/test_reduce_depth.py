@@ -757,3 +757,32 @@ def test_bridge_inside_a_shared_rnn_respects_the_mask():
     k2, _, b2 = (_numpy(w) for w in old.level_weights(2))
     np.testing.assert_allclose(_numpy(kernel), coef[:-1] @ k2, rtol=2e-3, atol=1e-4)
     np.testing.assert_allclose(_numpy(bias), coef[-1] @ k2 + b2, rtol=2e-3, atol=1e-4)
+
+
+def test_heal_cut_trains_only_the_layers_next_to_the_cut_first():
+    model = _linear_segment_stack()
+    model.compile(optimizer="adam", loss="mse")
+    x, y = _data(16, 6, 3, seed=1), _data(16, 2, seed=2)
+    bridged = reduce_depth(model, drop=["lin_1"], x=x)
+    cut = reduce_depth(model, drop=["lin_1"], x=x, y=y, heal_epochs=1, batch_size=8)
+    assert [phase for phase, _, _ in cut.healed] == ["cut"]
+    moved = {
+        layer.name
+        for layer in cut.model.layers
+        if not all(
+            np.array_equal(_numpy(a), _numpy(b))
+            for a, b in zip(layer.weights, bridged.model.get_layer(layer.name).weights)
+        )
+    }
+    # lin_2 reads low's output now (bridged); low feeds it: both train.
+    assert moved == {"low", "lin_2"}
+    assert all(v.trainable for v in cut.model.weights)  # flags restored
+    both = reduce_depth(
+        model, drop=["lin_1"], x=x, y=y, heal_epochs=2, heal="all", batch_size=8
+    )
+    assert [phase for phase, _, _ in both.healed] == ["all"]
+    assert "healed:   all, 2 epoch(s)" in str(both)
+    with pytest.raises(ValueError, match=r"`heal_epochs` needs data.*y=None"):
+        reduce_depth(model, drop=["lin_1"], x=x, heal_epochs=1)
+    with pytest.raises(ValueError, match=r"same number of samples.*\(16, 6, 3\).*\(15, 2\)"):
+        reduce_depth(model, drop=["lin_1"], x=x, y=y[:15])
