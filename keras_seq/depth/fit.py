@@ -50,7 +50,7 @@ def fit_reducing_depth(
     for `patience` epochs in a row, it asks `suggest_depth` for a plan (on up
     to `diagnosis_samples` samples of `x`, with the monitor's gradients),
     removes the planned levels with `reduce_depth` (kept weights carry over,
-    a replaced input kernel is fitted by least squares), compiles the new
+    every cut is bridged on that sample), compiles the new
     model as the old one (a fresh optimizer of the same class and config)
     and trains on. Each reduction removes one level per flagged level (at
     least one) but never goes below `min_depth`. It stops reducing when the

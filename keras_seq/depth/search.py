@@ -2,12 +2,15 @@
 
 `suggest_depth` compares candidate sets of levels to drop by the loss of the
 model without them, each cut bridged (see `reduce_depth`). Rebuilding a model
-per candidate cost ~0.1 s each; here every level of a single stack gets two
-copies (returning sequences, and returning what the top level returns) built
-once from its config with its weights, and one `tf.function` of a boolean
-"keep" vector runs the kept levels on the calibration inputs, fits each
-bridge in-graph (the same least squares as `reduce_depth`, float64) and
-returns the loss on the held-out rows. One trace serves every candidate.
+per candidate cost ~0.1 s each; here every level of a single stack gets a
+copy returning its sequence (and a `Bidirectional` level one returning its
+last output), built once from its config with its weights, and one
+`tf.function` of a boolean "keep" vector runs the stack on the calibration
+inputs, feeding each level the output of the nearest kept level below,
+mapped by the bridge (the same least squares as `reduce_depth`, fitted
+in-graph in float64 on the fit rows), and returns the loss on the held-out
+rows. The graph is flat (no branches: every level runs on every call, a
+dropped one on a discarded input); one trace serves every candidate.
 
 Layouts outside what it reproduces (parallel branches, layers other than
 dropout-like ones between levels, stateful or state-returning levels, a
@@ -71,7 +74,6 @@ class CandidateLosses:
         self.stack_input = tf.convert_to_tensor(found[0])
         self.mask = None if mask is None else tf.convert_to_tensor(found[1])
         self.head = self._head(model, levels[-1].layer)
-        self._finals = {}
         self.returns_last = not levels[-1].layer.return_sequences
         if not self.returns_last and self.mask is not None:
             raise Unsupported("a masked top level returning sequences")
@@ -258,6 +260,8 @@ class CandidateLosses:
         return found
 
     def _loss(self, keep, *args):
+        """(loss on the held-out rows, every level's output sequence, the
+        head's input) without the levels where `keep` is False."""
         # A flat graph, no tf.cond: every level runs on every call (dropped
         # ones on a discarded input). Branches made the trace and the first
         # run (graph optimisation of nested functions) cost ~10 s for 8
@@ -273,6 +277,7 @@ class CandidateLosses:
         ]
         top = tf.reduce_max(tf.where(keep, index, -1))
         sources = [self.stack_input]  # source s + 1
+        inputs = []  # what each level reads in this candidate
         for k in range(n):
             chosen = sources[k]  # the level below, unchanged: no bridge
             for group, members in _by_width(sources[:k]).items():
@@ -282,17 +287,16 @@ class CandidateLosses:
                 )
                 use = tf.reduce_any(tf.equal(below[k] + 1, members))
                 chosen = tf.where(use, bridged, chosen)
+            inputs.append(chosen)
             sources.append(
                 self.seq_twins[k](chosen, mask=self.mask, training=False)
             )
-            if self.final_twins[k] is not None:
-                self._finals[k] = (chosen,)
         outputs = sources[1:]
         finals = []
         for k in range(n):
             if self.final_twins[k] is not None:
                 finals.append(
-                    self.final_twins[k](self._finals[k][0], mask=self.mask, training=False)
+                    self.final_twins[k](inputs[k], mask=self.mask, training=False)
                 )
             else:
                 finals.append(outputs[k][:, -1] if self.returns_last else outputs[k])

@@ -312,3 +312,28 @@ def test_tolerance_boundary_is_the_measured_relative_loss_increase():
     below = suggest_depth(model, x, y, tolerance=increase * 0.99, method="ablation")
     assert above.drop[:1] == first.drop and below.drop == []
     assert below.depth == 3 and below.loss == pytest.approx(below.full_loss)
+
+
+def _masked_bidirectional():
+    inputs = keras.Input((T,), dtype="int32")
+    h = keras.layers.Embedding(9, F, mask_zero=True)(inputs)
+    for i in range(3):
+        h = keras.layers.Bidirectional(
+            keras.layers.LSTM(4, return_sequences=i < 2), name=f"bi{i}"
+        )(h)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(h))
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.RandomState(3)
+    tokens = rng.randint(1, 9, size=(24, T))
+    tokens[np.arange(T)[None] >= rng.randint(2, T + 1, size=(24, 1))] = 0
+    return model, tokens, rng.rand(24, 1).astype("float32")
+
+
+def test_traced_losses_equal_rebuilt_models_for_a_masked_bidirectional_stack():
+    model, x, y = _masked_bidirectional()
+    plan = suggest_depth(model, x, y, depth=1)
+    assert plan.traces == 1 and len(plan.candidates) == 6
+    for row in plan.candidates.itertuples():
+        expected = _held_out_loss(model, row.drop, x, y)
+        assert row.loss == pytest.approx(expected, rel=1e-4, abs=1e-7), row.drop
+    assert plan.full_loss == pytest.approx(_held_out_loss(model, [], x, y), rel=1e-5)
