@@ -645,8 +645,7 @@ def describe_log_dir(log_dir):
         ]
     else:
         lines.append(
-            f"No diagnosis yet: the monitor writes {_DIAGNOSIS_TAG} at each "
-            "epoch end."
+            f"No diagnosis yet: the monitor writes {_DIAGNOSIS_TAG} at each epoch end."
         )
     lines += ["", f"TensorBoard: {tensorboard_command(log_dir)}"]
     return "\n".join(lines)
@@ -750,7 +749,10 @@ def _diagnosis_entry(diagnosis):
                 "timesteps": int(d.timesteps),
                 "horizon": int(d.horizon),
                 "decay": _plain(d.decay),
+                "fall": _plain(d.fall),
+                "growth": _plain(d.growth),
                 "verdict": d.verdict,
+                "evidence": d.evidence,
             }
             for name, d in diagnosis.sublayers.items()
         },

@@ -146,7 +146,7 @@ def main(argv=None):
                 "horizon": sublayer.horizon,
                 "T": sublayer.timesteps,
                 "decay/step": sublayer.decay,
-                "verdict": sublayer.verdict,
+                "verdict": sublayer.summary,
                 "seconds": round(seconds, 1),
             }
         )

@@ -174,7 +174,7 @@ def main(argv=None):
                 "horizon": sublayer.horizon,
                 "T": sublayer.timesteps,
                 "decay/step": sublayer.decay,
-                "verdict": sublayer.verdict,
+                "verdict": sublayer.summary,
             }
         )
 

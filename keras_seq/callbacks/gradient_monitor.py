@@ -1,3 +1,4 @@
+import collections
 import os
 import pathlib
 import socket
@@ -258,7 +259,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self._blind = ()  # report lines: what the monitor cannot see
         self._blind_model = None  # the model `_blind` describes
         self._overflows_seen = 0
-        self._latest = {}  # sublayer -> SublayerDiagnosis of the last record
+        self._latest = {}  # sublayer -> SublayerDiagnosis of the last records
+        self._recent = {}  # sublayer -> deque of its last records' diagnoses
         self._latest_depth = None  # DepthDiagnosis of the last record
         self._model_first_record = 0  # records before it: earlier models
         self._levels = None  # the model's recurrent levels, one stack, or []
@@ -334,6 +336,7 @@ class GradientMonitor(keras.callbacks.Callback):
             self._counters_model = model
             self._levels = None  # found at the first record, once built
             self._latest, self._latest_depth = {}, None  # the old model's
+            self._recent = {}
             self._exploding_before = False
             # Another model's norms are no baseline for the jump rule.
             self._model_first_record = len(self.records)
@@ -592,6 +595,13 @@ class GradientMonitor(keras.callbacks.Callback):
                 aligned_norm=values["aligned_norm"],
                 aligned_count=values["aligned_count"],
             )
+            recent = self._recent.setdefault(
+                name, collections.deque(maxlen=diagnostics.verdicts.VERDICT_RECORDS)
+            )
+            recent.append(verdict)
+            verdict = diagnostics.verdicts.over_records(
+                list(recent), self.vanishing_ratio, self.exploding_ratio
+            )
             self._latest[name] = verdict
             row[f"horizon/{name}"] = verdict.horizon
             row[f"decay/{name}"] = verdict.decay
@@ -675,7 +685,7 @@ class GradientMonitor(keras.callbacks.Callback):
                 return None  # a float16 overflow, the LossScaleOptimizer's job
             forward_bad = any(not np.all(f) for _, f, _, _ in finiteness)
             if np.isfinite(row["loss"]) and not forward_bad:
-                return "non-finite gradients behind a finite loss (overflow)"
+                return "non-finite gradients behind a finite loss: an overflow"
             return None
         evidence = diagnostics.verdicts.explosion_evidence(
             [r["global_norm"] for r in self.records[self._model_first_record :]],

@@ -50,6 +50,7 @@ EXPLODING_RATIO = 1e2
 EXPLODE_JUMP = 1e2
 EXPLODE_WINDOW = 3
 BASELINE_RECORDS = 5
+VERDICT_RECORDS = 5
 
 
 def gradient_horizon(norms, fraction=1e-3):
@@ -205,11 +206,17 @@ class SublayerDiagnosis:
         horizon: see `gradient_horizon`, over the valid steps.
         decay: see `decay_factor`, over the valid steps.
         fall: ||dL/dh|| at the step farthest back over its largest value
-            (see `through_time`): the number behind "vanishing".
+            (see `through_time`): the number behind "vanishing". One batch
+            is noisy (a recipe's SimpleRNN read 0.067 at its last record,
+            0.002 as the median of its last tenth), so the monitor's table
+            gives the median over the sublayer's last `records` recorded
+            steps (see `over_records`).
         growth: ||dL/dh|| at the step farthest back over the last step's:
             the number behind "exploding".
         vanishing: `fall < vanishing_ratio` (default 1e-2).
-        exploding: `grows_through_time(norms, exploding_ratio)`.
+        exploding: `grows_through_time(norms, exploding_ratio)` (over
+            several records: in most of them).
+        records: how many recorded steps `fall` and `growth` summarise.
         nonfinite_timestep: first input time step whose forward state is
             non-finite, else the time step where the backward pass first
             became non-finite (processing order), else None.
@@ -230,6 +237,7 @@ class SublayerDiagnosis:
     growth: float = float("nan")
     exploding: bool = False
     nonfinite_in: object = None
+    records: int = dataclasses.field(default=1, compare=False)
 
     @property
     def verdict(self):
@@ -261,11 +269,12 @@ class SublayerDiagnosis:
         if verdict in ("no valid steps", "not enough steps", "no gradient"):
             return ""
         steps = f"over {self.timesteps} steps"
+        over = f", median of {self.records} records" if self.records > 1 else ""
         if self.growth > 1 and self.fall >= 1:
-            return f"grows {_ratio(self.growth)}x going back {steps}"
+            return f"grows {_ratio(self.growth)}x going back {steps}{over}"
         if self.fall == 0:
-            return f"falls to 0 (below float range) {steps}"
-        return f"falls to {_ratio(self.fall)} of its peak {steps}"
+            return f"falls to 0 (below float range) {steps}{over}"
+        return f"falls to {_ratio(self.fall)} of its peak {steps}{over}"
 
     @property
     def summary(self):
@@ -328,6 +337,41 @@ class SublayerDiagnosis:
             exploding=bool(judged and grows_through_time(processing, exploding_ratio)),
             nonfinite_in=None if nonfinite is None else where,
         )
+
+
+def over_records(
+    diagnoses, vanishing_ratio=VANISHING_RATIO, exploding_ratio=EXPLODING_RATIO
+):
+    """The verdict of a sublayer over its last few recorded steps.
+
+    Args:
+        diagnoses: `SublayerDiagnosis` of one sublayer, oldest first (the
+            monitor passes the last `VERDICT_RECORDS`, 5).
+
+    Returns:
+        The latest diagnosis (its norms, horizon, decay, non-finite steps)
+        with `fall` and `growth` the medians over `diagnoses`' judged
+        records, `vanishing` read from that median, `exploding` true when
+        most of them grew through time, and `records` their number.
+    """
+    latest = diagnoses[-1]
+    judged = [
+        d
+        for d in diagnoses
+        if d.nonfinite_timestep is None and d.timesteps >= 2 and d.fall >= 0
+    ]
+    if latest not in judged or len(judged) < 2:
+        return latest
+    fall = float(np.median([d.fall for d in judged]))
+    growth = float(np.median([d.growth for d in judged]))
+    return dataclasses.replace(
+        latest,
+        fall=fall,
+        growth=growth,
+        vanishing=bool(fall < vanishing_ratio),
+        exploding=2 * sum(d.exploding for d in judged) > len(judged),
+        records=len(judged),
+    )
 
 
 def _first_bad(finite, last):
