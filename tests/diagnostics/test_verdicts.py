@@ -123,3 +123,24 @@ def test_too_few_valid_steps_give_no_vanishing_verdict(count, verdict):
         "rnn/level_0", np.zeros(3), aligned_norm=np.zeros(3), aligned_count=count
     )
     assert d.verdict == verdict and not d.vanishing
+
+
+def test_over_records_reads_the_median_of_the_recent_records():
+    def record(keep):  # a profile falling to `keep` of its peak over 20 steps
+        norms = keep ** (np.arange(20)[::-1] / 19)
+        return diagnostics.SublayerDiagnosis.from_norms("rnn/level_0", norms)
+
+    # One noisy batch at the end (0.07) does not hide four vanishing ones.
+    recent = [record(k) for k in (1e-3, 2e-3, 5e-4, 1e-3, 0.07)]
+    d = diagnostics.verdicts.over_records(recent)
+    assert d.fall == pytest.approx(1e-3) and d.vanishing and d.records == 5
+    assert d.norms is recent[-1].norms  # the curve stays the latest one
+    assert d.summary.endswith("over 20 steps, median of 5 records)")
+    assert not diagnostics.verdicts.over_records(
+        [record(1e-3)] + [record(0.5)] * 2
+    ).vanishing
+    # A non-finite latest record is reported as it is.
+    bad = diagnostics.SublayerDiagnosis.from_norms(
+        "rnn/level_0", np.ones(20), grad_finite=np.arange(20) < 10
+    )
+    assert diagnostics.verdicts.over_records(recent + [bad]).verdict == "non-finite"
