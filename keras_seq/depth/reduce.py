@@ -129,7 +129,7 @@ def reduce_depth(
     bridge=None,
     y=None,
     heal_epochs=0,
-    heal="cut",
+    heal="all",
 ):
     """A new model with fewer recurrent levels; `model` is left unchanged.
 
@@ -172,10 +172,12 @@ def reduce_depth(
     returns `model` itself, unchanged, with a record saying so.
 
     With `heal_epochs`, the new model is then trained on `(x, y)`:
-    `heal="cut"` (default) trains first (half of the epochs, at least one)
-    only the layers next to the cuts (each bridged layer and the recurrent
-    level below it), then every layer, as CLP and Lu et al. 2024 heal;
-    `heal="all"` trains every layer throughout. Layer `trainable` flags are
+    `heal="all"` (default) trains every layer throughout; `heal="cut"`
+    trains first (half of the epochs, at least one) only the layers next to
+    the cuts (each bridged layer and the recurrent level below it), then
+    every layer, as CLP and Lu et al. 2024 heal. For the same two epochs
+    `"all"` healed better on 9 of 12 task-seeds in
+    benchmarks/depth_reduction.py. Layer `trainable` flags are
     restored afterwards; `result.healed` records the phases.
 
     The new model is compiled with `model`'s compile config (loss, metrics,
@@ -204,7 +206,7 @@ def reduce_depth(
             replaced input kernels (as the bottom level's), on `x`.
         y: Optional targets for `x`, needed by `heal_epochs`.
         heal_epochs: Integer >= 0 (default 0), epochs of healing.
-        heal: `"cut"` (default) or `"all"`, see above.
+        heal: `"all"` (default) or `"cut"`, see above.
 
     Returns:
         A `keras_seq.depth.reduce.DepthReduction`: the new model is
@@ -305,7 +307,10 @@ def reduce_depth(
         targets = [
             t
             for t in targets
-            if any(id(k) in replaced_kernels for k, _ in _input_weights(t.new_layer, t.new_index))
+            if any(
+                id(k) in replaced_kernels
+                for k, _ in _input_weights(t.new_layer, t.new_index)
+            )
         ]
     targets = [t for t in targets if not _shared(t.new_layer, t.new_index)]
     bridged = []
@@ -313,7 +318,9 @@ def reduce_depth(
         # Eager forward passes: per-op overhead dominates, so large chunks
         # (a model with a fixed batch size runs with its own).
         fixed = model.inputs[0].shape[0] is not None
-        fitter = _Bridge(model, new_model, x, batch_size if fixed else max(batch_size, 1024))
+        fitter = _Bridge(
+            model, new_model, x, batch_size if fixed else max(batch_size, 1024)
+        )
         try:
             for target in targets:
                 bridged += fitter.fit(target)
@@ -348,7 +355,9 @@ def check_rows(x, y):
     leaves = keras.tree.flatten(x) + keras.tree.flatten(y)
     rows = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
     if len(rows) != 1:
-        shapes = lambda d: ", ".join(str(tuple(np.shape(a))) for a in keras.tree.flatten(d))  # noqa: E731
+        shapes = lambda d: ", ".join(
+            str(tuple(np.shape(a))) for a in keras.tree.flatten(d)
+        )  # noqa: E731
         raise ValueError(
             "Arguments `x` and `y` must hold the same number of samples (their "
             f"first dimension). Received: x with shape {shapes(x)} and y with "
@@ -781,15 +790,15 @@ def _bridge_targets(model, levels, removed, plans, new_layers):
             below_top = f"{below.name}/level_{depth_of[id(below)] - 1}"
         if plan.kept is None:
             if isinstance(layer, keras.layers.Dense) and below_top in removed_names:
-                targets.append(
-                    _Target(layer, new_layers[id(layer)], name=layer.name)
-                )
+                targets.append(_Target(layer, new_layers[id(layer)], name=layer.name))
             continue
         for j, i in enumerate(plan.kept):
             under = f"{layer.name}/level_{i - 1}" if i > 0 else below_top
             if under in removed_names:
                 targets.append(
-                    _Target(layer, new_layers[id(layer)], i, j, f"{layer.name}/level_{i}")
+                    _Target(
+                        layer, new_layers[id(layer)], i, j, f"{layer.name}/level_{i}"
+                    )
                 )
     return targets
 
@@ -826,7 +835,10 @@ def _shared(layer, index):
     """Whether sublevel `index` of `layer` shares its weights with another."""
     core = recurrent_core(layer)
     return (
-        isinstance(core, SharedRNN) and core.share_depth and index >= 1 and core.depth > 2
+        isinstance(core, SharedRNN)
+        and core.share_depth
+        and index >= 1
+        and core.depth > 2
     )
 
 
@@ -900,7 +912,9 @@ class _Bridge:
         """Refit one target; returns the paths of the weights it assigned."""
         # The new model's input, with every weight below already final
         # (targets come bottom to top): not cached.
-        new_x, new_mask = self._inputs(self.new_model, target.new_layer, target.new_index)
+        new_x, new_mask = self._inputs(
+            self.new_model, target.new_layer, target.new_index
+        )
         old_x, old_mask = self._inputs(
             self.model, target.old_layer, target.old_index, self.old_inputs
         )

@@ -117,7 +117,12 @@ def suggest_depth(
     otherwise a beam (the `beam` best sets one level smaller, each extended
     by one level); the position baseline of that size is always among the
     candidates, so the plan never measures worse than `last` on the
-    held-out rows. `plan.candidates` lists every set measured. Without data
+    held-out rows. Among the sets of the chosen size within `tolerance`
+    (times the full loss) of the best and no worse than the baseline, one
+    whose cuts keep every input width (no replaced kernel: the bottom level
+    stays, neighbouring widths agree) is preferred: such removals healed
+    better in benchmarks/depth_reduction.py. `plan.candidates` lists every
+    set measured. Without data
     it orders by the monitor's flags and `depth_ratio`, or falls back to
     `last`, and says so.
 
@@ -275,7 +280,15 @@ def suggest_depth(
         count = None if depth is None else n - depth
         limit = full_loss + tolerance * abs(full_loss)
         chosen, loss, order, search_note = _combinations(
-            n, count, limit, measure, frame, max_candidates, beam
+            n,
+            count,
+            limit,
+            measure,
+            frame,
+            max_candidates,
+            beam,
+            tolerance * abs(full_loss),
+            _width_checker(levels),
         )
         notes.append(search_note)
         notes.append(_GRADIENT_NOTE)
@@ -403,7 +416,9 @@ def _measurer(model, levels, x, y, batch_size, search):
         else:
             names = [lv.name for lv in levels]
             losses = [
-                _measure(model, [names[i] for i in key], x_fit, x_loss, y_loss, batch_size)
+                _measure(
+                    model, [names[i] for i in key], x_fit, x_loss, y_loss, batch_size
+                )
                 for key in new
             ]
         for key, loss in zip(new, losses):
@@ -438,12 +453,43 @@ def _width_changes(level):
     return bool(width_in != width_out)
 
 
+def _width_checker(levels):
+    """`f(drop)`: whether removing the levels `drop` (positions) makes a kept
+    layer read a different width (so a kernel must be replaced)."""
+    widths_in, widths_out = [], []
+    for level in levels:
+        core = recurrent_core(level.layer)
+        last = core.depth - 1 if isinstance(core, SharedRNN) else 0
+        widths_in.append(
+            sequence_input(level.layer)[0].shape[-1] if level.index == 0 else core.units
+        )
+        widths_out.append(
+            keras.tree.flatten(level.layer.output)[0].shape[-1]
+            if level.index == last
+            else core.units
+        )
+
+    def changes(drop):
+        runs, start = [], None
+        for i in range(len(levels) + 1):
+            if i < len(levels) and i in drop:
+                start = i if start is None else start
+            elif start is not None:
+                runs.append((start, i - 1))
+                start = None
+        return any(widths_in[i] != widths_out[j] for i, j in runs)
+
+    return changes
+
+
 def _baseline(n, count):
     """The position baseline: the `count` levels just below the top."""
     return tuple(range(n - 1 - count, n - 1))
 
 
-def _combinations(n, count, limit, measure, frame, max_candidates, beam):
+def _combinations(
+    n, count, limit, measure, frame, max_candidates, beam, tolerance_gap, widths_change
+):
     """`auto` with data: `(levels to drop, loss, removal order, note)`.
 
     Sizes are searched upwards; at each size every combination when there
@@ -457,13 +503,17 @@ def _combinations(n, count, limit, measure, frame, max_candidates, beam):
     sizes = [count] if direct else range(1, (n - 1 if count is None else count) + 1)
     best = {0: ((), None)}
     frontier, total, exhaustive = [()], 0, []
+    search_sizes = {}
     for k in sizes:
         if math.comb(n, k) <= max_candidates:
             candidates = set(itertools.combinations(range(n), k))
             exhaustive.append(k)
         else:
             candidates = {
-                tuple(sorted(set(b) | {i})) for b in frontier for i in range(n) if i not in b
+                tuple(sorted(set(b) | {i}))
+                for b in frontier
+                for i in range(n)
+                if i not in b
             }
         candidates.add(_baseline(n, k))
         candidates = sorted(candidates)
@@ -476,23 +526,41 @@ def _combinations(n, count, limit, measure, frame, max_candidates, beam):
         if count is None and ranked[0][0] > limit:
             break
         best[k] = (ranked[0][1], ranked[0][0])
+        search_sizes[k] = [(c, v) for v, c in ranked]
         frontier = [c for _, c in ranked[:beam]]
     size = max(best)
     chosen, loss = best[size]
+    if size:
+        # Among the sets within `tolerance` of the best (and no worse than
+        # the baseline), prefer one whose cuts keep every input width: a
+        # replaced kernel (the bottom level going, widths that differ)
+        # healed worse in benchmarks/depth_reduction.py.
+        baseline_loss = measure([_baseline(n, size)])[0]
+        slack = min(loss + tolerance_gap, baseline_loss)
+        near = [c for c, v in search_sizes[size] if v <= slack]
+        chosen, loss = min(
+            ((c, v) for c, v in search_sizes[size] if c in near),
+            key=lambda p: (widths_change(p[0]), p[1]),
+        )
     order = []
     for k in sorted(best):
         new = [i for i in best[k][0] if i not in order]
         order += sorted(new, key=lambda i: _finite(single[i]))
-    order += sorted((i for i in range(n) if i not in order), key=lambda i: _finite(single[i]))
+    order += sorted(
+        (i for i in range(n) if i not in order), key=lambda i: _finite(single[i])
+    )
     how = (
-        "every combination" if len(exhaustive) == len(list(sizes))
+        "every combination"
+        if len(exhaustive) == len(list(sizes))
         else f"every combination where at most {max_candidates}, else a beam of {beam}"
     )
     baseline = measure([_baseline(n, size)])[0] if size else None
     note = (
         f"auto: {total} candidate sets of levels to drop measured ({how}, "
         "sizes upwards), each with every cut bridged; the position baseline "
-        "(the levels just below the top) is always among them"
+        "(the levels just below the top) is always among them; among the "
+        "sets within the tolerance of the best (and not worse than the "
+        "baseline), one whose cuts keep every input width is preferred"
     )
     if baseline is not None:
         note += (

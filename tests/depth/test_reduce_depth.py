@@ -764,7 +764,9 @@ def test_heal_cut_trains_only_the_layers_next_to_the_cut_first():
     model.compile(optimizer="adam", loss="mse")
     x, y = _data(16, 6, 3, seed=1), _data(16, 2, seed=2)
     bridged = reduce_depth(model, drop=["lin_1"], x=x)
-    cut = reduce_depth(model, drop=["lin_1"], x=x, y=y, heal_epochs=1, batch_size=8)
+    cut = reduce_depth(
+        model, drop=["lin_1"], x=x, y=y, heal_epochs=1, heal="cut", batch_size=8
+    )
     assert [phase for phase, _, _ in cut.healed] == ["cut"]
     moved = {
         layer.name
@@ -777,9 +779,7 @@ def test_heal_cut_trains_only_the_layers_next_to_the_cut_first():
     # lin_2 reads low's output now (bridged); low feeds it: both train.
     assert moved == {"low", "lin_2"}
     assert all(v.trainable for v in cut.model.weights)  # flags restored
-    both = reduce_depth(
-        model, drop=["lin_1"], x=x, y=y, heal_epochs=2, heal="all", batch_size=8
-    )
+    both = reduce_depth(model, drop=["lin_1"], x=x, y=y, heal_epochs=2, batch_size=8)
     assert [phase for phase, _, _ in both.healed] == ["all"]
     assert "healed:   all, 2 epoch(s)" in str(both)
     with pytest.raises(ValueError, match=r"`heal_epochs` needs data.*y=None"):
