@@ -319,6 +319,13 @@ class GradientMonitor(keras.callbacks.Callback):
                     trainable=False,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
+                # The largest finite global norm since the last record: an
+                # explosion to NaN between two records shows there.
+                self._peak = tf.Variable(
+                    0.0,
+                    trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
             if (
                 self._counters_model is not None
                 and len(self.records) > (self._model_first_record)
@@ -349,6 +356,7 @@ class GradientMonitor(keras.callbacks.Callback):
                     guard=self.on_nan in ("stop", "skip"),
                     histograms=self.histograms,
                     contributions=self.contributions,
+                    peak=self._peak,
                 ),
             )
 
@@ -515,6 +523,8 @@ class GradientMonitor(keras.callbacks.Callback):
                 # first, which was not recorded.
                 self._nonfinite = diagnostics.NonFinite(first_bad, None, None, 0)
             skipped_before = self.skipped_steps
+            if last_bad != step or not self._recording:
+                self._explosion_between_records(last_bad)
             self._on_nonfinite(last_bad, *location, count=new_bad)
             if self._journal is not None:
                 self._journal.nonfinite(
@@ -637,6 +647,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self.records.append(row)
 
         evidence = self._explosion(row, finiteness)
+        if row["finite"]:
+            self._peak.assign(0.0)  # the next non-finite step reads from here
         exploding = evidence is not None
         if exploding:
             self._exploding_steps.append(step)
@@ -686,7 +698,7 @@ class GradientMonitor(keras.callbacks.Callback):
             forward_bad = any(not np.all(f) for _, f, _, _ in finiteness)
             if np.isfinite(row["loss"]) and not forward_bad:
                 return "non-finite gradients behind a finite loss: an overflow"
-            return None
+            return self._blown_up()
         evidence = diagnostics.verdicts.explosion_evidence(
             [r["global_norm"] for r in self.records[self._model_first_record :]],
             jump=self.explode_jump,
@@ -697,6 +709,43 @@ class GradientMonitor(keras.callbacks.Callback):
         growing = [d for d in self._latest_of(row) if d.exploding]
         if growing:
             return "; ".join(f"{d.name} {d.evidence}" for d in growing)
+        return None
+
+    def _explosion_between_records(self, step):
+        """A non-finite step that was not recorded: exploding when the
+        global norm blew up before it (see `_blown_up`)."""
+        if self._loss_scaling:
+            return
+        evidence = self._blown_up()
+        if evidence is None:
+            return
+        self._exploding_steps.append(step)
+        self._exploding_evidence[step] = evidence
+        if not self._exploding_before:
+            message = f"Exploding gradients at step {step}: {evidence}."
+            if self.on_explode == "stop":
+                self.model.stop_training = True
+                message += " Stopping training (on_explode='stop')."
+            _warn(message)
+        self._exploding_before = True
+
+    def _blown_up(self):
+        """Why a non-finite step is the end of an explosion (or None): the
+        global norm since the previous record reached `explode_jump` times
+        the model's starting level before it. A NaN in the data comes
+        without that."""
+        peak = float(self._peak.numpy())
+        self._peak.assign(0.0)
+        norms = [r["global_norm"] for r in self.records[self._model_first_record :]]
+        norms = [n for n in norms if np.isfinite(n)]
+        if not norms:
+            return None
+        start = float(np.median(norms[: diagnostics.verdicts.BASELINE_RECORDS]))
+        if start > 0 and peak >= self.explode_jump * start:
+            return (
+                f"non-finite after the global norm reached {peak:.3g}, "
+                f"{peak / start:.3g}x its starting level {start:.3g}"
+            )
         return None
 
     def _latest_of(self, row):

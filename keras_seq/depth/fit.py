@@ -148,6 +148,8 @@ def fit_reducing_depth(
         )
     sample = _sample(x, y, diagnosis_samples)
     callbacks = [monitor] + list(callbacks or [])
+    # The monitor follows each shallower model on purpose: no warning.
+    moving, monitor._moving = monitor._moving, True
 
     stages = []
     stage = _stage(0, model, levels, 0, [], "")
@@ -199,6 +201,7 @@ def fit_reducing_depth(
         stage = _stage(len(stages), model, levels, epoch + 1, plan.drop, method)
         stage["explanation"] = plan.explanation
         unhealthy = 0
+    monitor._moving = moving
     stages.append(stage)
     frame = pd.DataFrame(stages)
     return model, frame[_STAGE_COLUMNS]

@@ -38,7 +38,10 @@ What the verdicts mean (the README's "Reading the verdicts" says the same):
   BiLSTM: ~25x, while its loss falls).
 - **Non-finite**: NaN/Inf anywhere. Non-finite *gradients* behind a finite
   loss and finite forward states are an overflow of the backward pass, and
-  count as exploding too.
+  count as exploding too; so does a non-finite step that the largest global
+  norm since the previous record (tracked in the graph on every step)
+  reached at `EXPLODE_JUMP` times the starting level first: a loss that
+  diverges between two records. A NaN in the data comes without either.
 """
 
 import dataclasses
@@ -445,7 +448,9 @@ class Diagnosis:
         sublayers: `{name: SublayerDiagnosis}` in forward order.
         exploding: whether the latest record explodes (across steps, through
             time or by non-finite gradients behind a finite loss).
-        exploding_steps: every recorded step judged exploding.
+        exploding_steps: every step judged exploding: recorded steps, and
+            non-finite steps between records reached after the global norm
+            blew up.
         nonfinite: `NonFinite` for the first non-finite step, or None.
         skipped_steps: updates not applied, for any reason.
         depth: `keras_seq.diagnostics.DepthDiagnosis` of the latest record
@@ -571,14 +576,13 @@ class Diagnosis:
         where = " and ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:4])
         if len(runs) > 4:
             where += f" and {len(runs) - 4} more"
-        count = f"{len(steps)} recorded step{'s' if len(steps) > 1 else ''}"
+        count = f"{len(steps)} step{'s' if len(steps) > 1 else ''} judged exploding"
+        where = ("steps " if len(steps) > 1 else "step ") + where
         evidence = self.exploding_evidence.get(last)
         evidence = f" ({evidence})" if evidence else ""
         if self.exploding:
-            return (
-                f"yes, at step {last}{evidence}; exploding at steps {where} ({count})"
-            )
-        return f"at steps {where} ({count}), last at step {last}{evidence}; now: no"
+            return f"yes, at step {last}{evidence}; exploding at {where} ({count})"
+        return f"at {where} ({count}), last at step {last}{evidence}; now: no"
 
     def _nonfinite_line(self):
         first = self.nonfinite

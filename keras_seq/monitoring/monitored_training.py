@@ -21,12 +21,16 @@ class MonitorSettings:
         histograms: return the applied gradients on recorded steps.
         contributions: project each time step's recurrent-kernel gradient on
             the applied gradient.
+        peak: optional float32 `tf.Variable`, the largest finite global
+            gradient norm of any step since the monitor last reset it (not
+            tracked under a LossScaleOptimizer).
     """
 
     counters: object
     guard: bool
     histograms: bool
     contributions: bool
+    peak: object = None
 
 
 def check_model(model):

@@ -89,8 +89,11 @@ def monitored_step(training, data, record):
             recorder.probes,
         )
         finite = statistics["finite"] > 0
+        _track_peak(settings.peak, finite, statistics["global_norm"])
     elif not loss_scaling:
-        finite = _finite(_sum_replicas(_sums(weight_grads)))
+        squares = tf.add_n(_sum_replicas(_sums(weight_grads)))
+        finite = tf.math.is_finite(squares)
+        _track_peak(settings.peak, finite, tf.sqrt(squares))
     overflow = tf.constant(False)
     if loss_scaling:
         # Non-finite scaled gradients are routine overflows that the
@@ -161,6 +164,15 @@ def _end_aligned(dh, mask):
         tf.reshape(valid, [-1]), segments, steps + 1
     )[:steps]
     return aligned_sq, aligned_count, tf.reduce_sum(valid, axis=1)
+
+
+def _track_peak(peak, finite, global_norm):
+    """The largest finite global norm since the monitor last read (and
+    reset) `peak`: an explosion between two recorded steps shows there."""
+    if peak is None:
+        return
+    norm = tf.cast(global_norm, tf.float32)
+    peak.assign(tf.where(finite, tf.maximum(peak, norm), peak))
 
 
 def _sum_replicas(values):

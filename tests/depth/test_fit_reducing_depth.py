@@ -122,3 +122,30 @@ def test_uncompiled_model_is_refused():
     model = keras_seq.Sequential([keras.Input((T, F)), SharedRNN(3, depth=2)])
     with pytest.raises(ValueError, match="not compiled"):
         fit_reducing_depth(model, x, y, epochs=1)
+
+
+def test_moving_the_monitor_to_each_shallower_model_does_not_warn(tmp_path):
+    import warnings
+
+    import keras
+
+    import keras_seq
+
+    x, y = keras_seq.data.adding_problem(64, timesteps=8, seed=0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 2)),
+            keras_seq.layers.SharedRNN(4, depth=3, activation="sigmoid"),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    monitor = keras_seq.callbacks.GradientMonitor(every=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reduced, stages = keras_seq.depth.fit_reducing_depth(
+            model, x, y, epochs=3, patience=1, monitor=monitor, verbose=0
+        )
+    assert len(stages) >= 2  # it did move to another model
+    assert not [w for w in caught if "recorded another model" in str(w.message)]
+    assert monitor._moving is False  # restored for the user's own fits
