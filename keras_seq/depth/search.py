@@ -104,9 +104,7 @@ class CandidateLosses:
         # What each level reads in the full model, and the head's input, are
         # arguments (the full model's own call, every level kept, returns
         # them): one trace for the recording and every candidate.
-        self.widths = [
-            _width(level) for level in levels
-        ]
+        self.widths = [_width(level) for level in levels]
         dtype = self.stack_input.dtype
         spec = [tf.TensorSpec([self.n], tf.bool)]
         spec += [
@@ -115,9 +113,7 @@ class CandidateLosses:
         ]
         top_shape = keras.tree.flatten(levels[-1].layer.output)[0].shape
         spec.append(tf.TensorSpec([None] + list(top_shape[1:]), dtype))
-        self._function = tf.function(
-            self._loss, input_signature=spec, autograph=False
-        )
+        self._function = tf.function(self._loss, input_signature=spec, autograph=False)
         keep = tf.ones([self.n], tf.bool)
         rows_all = self.stack_input.shape[0]
         placeholders = [
@@ -128,8 +124,7 @@ class CandidateLosses:
         self.final_old = head_input
         self.full_loss = float(loss)
         self.similarity = [
-            _angular_distance(a, b, self.mask)
-            for a, b in zip(self.inputs_old, outputs)
+            _angular_distance(a, b, self.mask) for a, b in zip(self.inputs_old, outputs)
         ]
         # The copies must reproduce the model (on a few rows: eager calls).
         few = keras.tree.map_structure(lambda a: np.asarray(a)[:4], x)
@@ -288,9 +283,7 @@ class CandidateLosses:
                 use = tf.reduce_any(tf.equal(below[k] + 1, members))
                 chosen = tf.where(use, bridged, chosen)
             inputs.append(chosen)
-            sources.append(
-                self.seq_twins[k](chosen, mask=self.mask, training=False)
-            )
+            sources.append(self.seq_twins[k](chosen, mask=self.mask, training=False))
         outputs = sources[1:]
         finals = []
         for k in range(n):
@@ -304,7 +297,9 @@ class CandidateLosses:
         for group, members in _by_width(finals[:-1]).items():
             picked = _pick(finals, members, top)
             if self.head_bridge is not None:
-                weights = self.step_weights if len(picked.shape) == 3 else self.row_weights
+                weights = (
+                    self.step_weights if len(picked.shape) == 3 else self.row_weights
+                )
                 picked = self._bridge(picked, final_old, weights, self.head_bias)
             elif group != final_old.shape[-1]:
                 picked = tf.fill(tf.shape(final_old), np.nan)
