@@ -30,10 +30,7 @@ TINY = [
 
 # Blocks that fail today and are another section's to fix, by their first
 # line: they must fail (a strict xfail says when the entry can go).
-PENDING = {
-    "from keras_seq import depth": "the depth section uses a trained `model` and "
-    "data defined elsewhere (its owner makes it self-contained)",
-}
+PENDING = {}
 
 _BLOCK = re.compile(
     r"^(?P<marker><!--\s*no-run\b[^>]*-->\s*\n)?"
