@@ -102,6 +102,7 @@ class MonitoredTraining:
         self._key = None
         self._keras_function = None
         self._installed = False
+        self._selected = False  # the monitor chose this batch's function
 
     def install(self):
         """Make the model train with the monitored functions (light first)."""
@@ -136,10 +137,12 @@ class MonitoredTraining:
             self._installed = True
             _INSTALLED[id(model)] = self
         self.statistics = None
+        self._selected = False
         model.train_function = self._functions[False]
 
     def select(self, record):
         """Train the next batch with the recording (True) or light step."""
+        self._selected = True
         self.model.train_function = self._functions[bool(record)]
 
     def uninstall(self):
@@ -171,6 +174,16 @@ class MonitoredTraining:
 
     def _strip_statistics(self, function):
         def train_function(iterator):
+            if not self._selected:
+                # Called with no monitor choosing it: a fit the monitor is
+                # not part of, after an earlier monitored fit ended with an
+                # exception or Ctrl-C (Keras's fit has no try/finally, so
+                # on_train_end never ran, and make_train_function keeps an
+                # existing function). Give Keras its own function back.
+                keras_function = self._keras_function
+                self.uninstall()
+                return keras_function(iterator)
+            self._selected = False
             logs = dict(function(iterator))
             self.statistics = logs.pop(train_step.STATISTICS_KEY, None)
             return logs

@@ -229,3 +229,38 @@ def test_a_monitor_moved_to_another_model_warns():
             continue
         with pytest.warns(UserWarning, match="recorded another model"):
             model.fit(x, y, verbose=0, callbacks=[monitor])
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_an_interrupted_fit_leaves_keras_training_as_it_was(error):
+    x = np.random.RandomState(0).randn(16, T, F).astype("float32")
+    y = np.random.RandomState(1).randn(16, 2).astype("float32")
+
+    def train(monitor):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((T, F)), keras.layers.SimpleRNN(2)])
+        model.compile(optimizer="sgd", loss="mse")
+        callbacks = [_Interrupt(error)] + ([monitor] if monitor else [])
+        with pytest.raises(type(error)):
+            model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=callbacks)
+        model.fit(x, y, batch_size=4, shuffle=False, verbose=0)  # plain Keras
+        return model
+
+    monitored = train(GradientMonitor(every=1))
+    plain = train(None)
+    # The later plain fit ran Keras's own step (no guard, no recording) and
+    # gave Keras its function back: weights as if no monitor had been there.
+    assert "train_step" not in monitored.train_function.__qualname__
+    assert monitored.train_function.__qualname__ == plain.train_function.__qualname__
+    for a, b in zip(monitored.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
