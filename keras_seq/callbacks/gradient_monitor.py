@@ -675,15 +675,8 @@ class GradientMonitor(keras.callbacks.Callback):
                 k[len("norm/") :]: v for k, v in row.items() if k.startswith("norm/")
             }
             location = diagnostics.locate_nonfinite(row["loss"], finiteness, norms)
-        if exploding and not self._exploding_before:
-            # Once per episode (consecutive exploding records), not per record.
-            message = f"Exploding gradients at step {step}: {evidence}."
-            if self.on_explode == "stop":
-                self.model.stop_training = True
-                message += " Stopping training (on_explode='stop')."
-            _warn(message)
-        elif exploding and self.on_explode == "stop":
-            self.model.stop_training = True
+        if exploding:
+            self._on_explode(step, evidence)
         self._exploding_before = exploding
         return location
 
@@ -721,13 +714,20 @@ class GradientMonitor(keras.callbacks.Callback):
             return
         self._exploding_steps.append(step)
         self._exploding_evidence[step] = evidence
-        if not self._exploding_before:
-            message = f"Exploding gradients at step {step}: {evidence}."
-            if self.on_explode == "stop":
-                self.model.stop_training = True
-                message += " Stopping training (on_explode='stop')."
-            _warn(message)
+        self._on_explode(step, evidence)
         self._exploding_before = True
+
+    def _on_explode(self, step, evidence):
+        """`on_explode`'s action; the warning once per episode (consecutive
+        exploding steps), not per step."""
+        if self.on_explode == "stop":
+            self.model.stop_training = True
+        if self._exploding_before:
+            return
+        message = f"Exploding gradients at step {step}: {evidence}."
+        if self.on_explode == "stop":
+            message += " Stopping training (on_explode='stop')."
+        _warn(message)
 
     def _blown_up(self):
         """Why a non-finite step is the end of an explosion (or None): the
