@@ -537,7 +537,11 @@ class Diagnosis:
                 "- vanishing through time: "
                 + (
                     f"{', '.join(vanishing)} (the step farthest back gets less "
-                    f"than {self.vanishing_ratio:g} of the largest ||dL/dh_t||)"
+                    f"than {self.vanishing_ratio:g} of the largest ||dL/dh_t||: "
+                    "the start of each sequence barely moves the weights; "
+                    "harmless if the task needs only recent steps and the loss "
+                    "falls, the cause if it needs the early ones and the loss "
+                    "is stuck)"
                     if vanishing
                     else "no"
                 )
