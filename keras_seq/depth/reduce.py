@@ -355,9 +355,10 @@ def check_rows(x, y):
     leaves = keras.tree.flatten(x) + keras.tree.flatten(y)
     rows = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
     if len(rows) != 1:
-        shapes = lambda d: ", ".join(
-            str(tuple(np.shape(a))) for a in keras.tree.flatten(d)
-        )  # noqa: E731
+
+        def shapes(data):
+            return ", ".join(str(tuple(np.shape(a))) for a in keras.tree.flatten(data))
+
         raise ValueError(
             "Arguments `x` and `y` must hold the same number of samples (their "
             f"first dimension). Received: x with shape {shapes(x)} and y with "
@@ -850,7 +851,8 @@ def bridge_coefficients(x_new, x_old, mask=None, intercept=True):
     so that its input projection `x K + b` matches the old one in the least
     squares sense (fitting the projection itself gives the same `M`, since
     the projection is linear in `x_old`). A ridge of `RIDGE` on the
-    normalised Gram matrix keeps a collinear `x_new` solvable. `c` is None without `intercept`.
+    normalised Gram matrix keeps a collinear `x_new` solvable. `c` is None
+    without `intercept`.
     """
     a = np.asarray(x_new, np.float64).reshape(-1, x_new.shape[-1])
     b = np.asarray(x_old, np.float64).reshape(-1, x_old.shape[-1])

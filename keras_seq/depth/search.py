@@ -275,7 +275,7 @@ class CandidateLosses:
         inputs = []  # what each level reads in this candidate
         for k in range(n):
             chosen = sources[k]  # the level below, unchanged: no bridge
-            for group, members in _by_width(sources[:k]).items():
+            for members in _by_width(sources[:k]).values():
                 picked = _pick(sources, members, below[k] + 1)
                 bridged = self._bridge(
                     picked, inputs_old[k], self.step_weights, self.input_bias[k]

@@ -784,5 +784,6 @@ def test_heal_cut_trains_only_the_layers_next_to_the_cut_first():
     assert "healed:   all, 2 epoch(s)" in str(both)
     with pytest.raises(ValueError, match=r"`heal_epochs` needs data.*y=None"):
         reduce_depth(model, drop=["lin_1"], x=x, heal_epochs=1)
-    with pytest.raises(ValueError, match=r"same number of samples.*\(16, 6, 3\).*\(15, 2\)"):
+    message = r"same number of samples.*\(16, 6, 3\).*\(15, 2\)"
+    with pytest.raises(ValueError, match=message):
         reduce_depth(model, drop=["lin_1"], x=x, y=y[:15])

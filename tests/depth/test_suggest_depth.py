@@ -291,7 +291,8 @@ def test_harmful_plans_say_so_and_fallback_layouts_are_measured():
     between.compile(optimizer="adam", loss="mse")
     plan = suggest_depth(between, x, y, depth=1)
     assert plan.traces is None and "rebuilt with reduce_depth" in plan.explanation
-    assert plan.loss == pytest.approx(_held_out_loss(between, plan.drop, x, y), rel=1e-4)
+    expected = _held_out_loss(between, plan.drop, x, y)
+    assert plan.loss == pytest.approx(expected, rel=1e-4)
 
 
 def test_rows_of_x_and_y_must_match():
