@@ -124,7 +124,7 @@ class CandidateLosses:
         self.final_old = head_input
         self.full_loss = float(loss)
         self.similarity = [
-            _angular_distance(a, b, self.mask) for a, b in zip(self.inputs_old, outputs)
+            angular_distance(a, b, self.mask) for a, b in zip(self.inputs_old, outputs)
         ]
         # The copies must reproduce the model (on a few rows: eager calls).
         few = keras.tree.map_structure(lambda a: np.asarray(a)[:4], x)
@@ -369,15 +369,24 @@ def _has_input_bias(level):
     return getattr(core.cell, "bias", None) is not None
 
 
-def _angular_distance(inputs, outputs, mask):
+def angular_distance(inputs, outputs, mask):
+    """Mean angular distance (in [0, 1]) between a level's input and output
+    vectors over the unmasked steps (ShortGPT's family); a level that returns
+    its last output only is compared with each sequence's last valid input.
+    NaN when the widths differ or no vector is usable."""
     inputs = keras.ops.convert_to_numpy(inputs)
     outputs = keras.ops.convert_to_numpy(outputs)
+    if mask is not None:
+        mask = keras.ops.convert_to_numpy(mask)
     if inputs.shape[-1] != outputs.shape[-1]:
         return np.nan
+    if outputs.shape[1] != inputs.shape[1]:  # last output only: compare the
+        inputs = _last_valid(inputs, mask)[:, None]  # last valid input
+        mask = None
     a = inputs.reshape(-1, inputs.shape[-1]).astype(np.float64)
     b = outputs.reshape(-1, outputs.shape[-1]).astype(np.float64)
     if mask is not None:
-        rows = keras.ops.convert_to_numpy(mask).reshape(-1).astype(bool)
+        rows = mask.reshape(-1).astype(bool)
         a, b = a[rows], b[rows]
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     usable = norms > 0
@@ -385,3 +394,10 @@ def _angular_distance(inputs, outputs, mask):
         return np.nan
     cosine = np.sum(a * b, axis=1)[usable] / norms[usable]
     return float(np.mean(np.arccos(np.clip(cosine, -1.0, 1.0)) / np.pi))
+
+
+def _last_valid(sequences, mask):
+    if mask is None:
+        return sequences[:, -1]
+    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+    return sequences[np.arange(len(sequences)), last]

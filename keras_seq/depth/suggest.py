@@ -17,7 +17,7 @@ from keras_seq.depth.levels import (
     sequence_input,
 )
 from keras_seq.depth.reduce import _run, check_rows, reduce_depth
-from keras_seq.depth.search import CandidateLosses, Unsupported
+from keras_seq.depth.search import CandidateLosses, Unsupported, angular_distance
 from keras_seq.layers.shared_rnn import SharedRNN
 
 METHODS = ("auto", "ablation", "similarity", "gradient", "last")
@@ -623,7 +623,7 @@ def _similarity(model, levels, x, batch_size):
                 seen = (
                     inputs if level.index == 0 else outputs[(id(rnn), level.index - 1)]
                 )
-                distances.append(_angular_distance(seen, out, mask))
+                distances.append(angular_distance(seen, out, mask))
             scores[level.name] = float(np.mean(distances))
     return [scores[level.name] for level in levels]
 
@@ -634,32 +634,6 @@ def _layer_outputs(model, x, batch_size, layer):
     output = keras.tree.flatten(layer.output)[0]
     values = keras.Model(inputs, output).predict(x, batch_size=batch_size, verbose=0)
     return values if values.ndim == 3 else values[:, None]
-
-
-def _angular_distance(inputs, outputs, mask):
-    if inputs.shape[-1] != outputs.shape[-1]:
-        return np.nan
-    if outputs.shape[1] != inputs.shape[1]:  # last output only: compare the
-        inputs = _last_valid(inputs, mask)[:, None]  # last valid input
-        mask = None
-    a = inputs.reshape(-1, inputs.shape[-1]).astype(np.float64)
-    b = outputs.reshape(-1, outputs.shape[-1]).astype(np.float64)
-    if mask is not None:
-        rows = mask.reshape(-1).astype(bool)
-        a, b = a[rows], b[rows]
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    usable = norms > 0
-    if not usable.any():
-        return np.nan
-    cosine = np.sum(a * b, axis=1)[usable] / norms[usable]
-    return float(np.mean(np.arccos(np.clip(cosine, -1.0, 1.0)) / np.pi))
-
-
-def _last_valid(sequences, mask):
-    if mask is None:
-        return sequences[:, -1]
-    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
-    return sequences[np.arange(len(sequences)), last]
 
 
 def _gradient_run(model, x, y, batch_size, steps):
