@@ -186,6 +186,30 @@ def decay_figure(curves, title="||dL/dh_t|| against steps back", figsize=(7, 4))
     return figure
 
 
+def monitor_figures(store, horizons, curves, epoch):
+    """The monitor's pictures (see `GradientMonitor.plot`).
+
+    Args:
+        store: the monitor's `TimestepStore` (None before any record).
+        horizons: `{sublayer: latest horizon}`.
+        curves: `{sublayer: mean ||dL/dh_t|| by steps back}` of the epoch.
+        epoch: the epoch the curves belong to.
+    """
+    result = {}
+    if store is None:
+        return result
+    for name in store.layers:
+        steps, matrix = store.recent(name)
+        result[f"heatmap/{name}"] = heatmap_figure(
+            matrix, steps=steps, name=name, horizon=horizons.get(name)
+        )
+    curves = {name: c for name, c in curves.items() if len(c)}
+    if curves:
+        title = f"||dL/dh_t|| against steps back (epoch {epoch})"
+        result["decay"] = decay_figure(curves, title=title)
+    return result
+
+
 def to_image(figure, dpi=100):
     """Render a figure to an RGB array, e.g. for `tf.summary.image`.
 

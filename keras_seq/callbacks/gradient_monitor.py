@@ -1,8 +1,6 @@
 import collections
 import os
 import pathlib
-import socket
-import time
 import warnings
 
 import keras
@@ -13,7 +11,7 @@ import tensorflow as tf
 
 from keras_seq import _multiworker, diagnostics, monitoring
 from keras_seq import _validation as validation
-from keras_seq.callbacks import figures, journal
+from keras_seq.callbacks import figures, journal, summaries
 from keras_seq.callbacks.reset_states import stateful_layers
 from keras_seq.callbacks.timestep_store import TimestepStore
 
@@ -250,7 +248,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self.skipped_steps = 0
         self.loss_scale_skips = 0
         self._store = None  # TimestepStore of the per-time-step rows
-        self._epoch_decay = {}  # sublayer -> this epoch's norms by steps back
+        # sublayer -> the mean of this epoch's norms by steps back
+        self._epoch_decay = {}
         self._variable_norms = []  # (step, norms in trainable_variables order)
         self._nonfinite = None
         self._exploding_steps = []
@@ -264,9 +263,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self._latest_depth = None  # DepthDiagnosis of the last record
         self._model_first_record = 0  # records before it: earlier models
         self._levels = None  # the model's recurrent levels, one stack, or []
-        self._writer = None
-        self._layout_written = False
-        self._scalar_writers = {}  # column keys -> tf.function writing them
+        self._summaries = None  # summaries.GradientSummaries, with a log_dir
         self._counters = None
         self._counters_model = None
         self._training = None  # keras_seq.monitoring.MonitoredTraining
@@ -279,7 +276,6 @@ class GradientMonitor(keras.callbacks.Callback):
         self._starting = False  # a fit began; its first batch not yet
         self._fits_on_model = 0
         self._models_seen = -1  # models attached so far, minus one
-        self._session_started = False  # the START event is written
         self._offset = 0  # training steps minus optimizer iterations
         # Set by keras_seq.depth.fit_reducing_depth, which moves the monitor
         # to each shallower model on purpose: no warning then.
@@ -407,7 +403,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self._fits_on_model += 1
         self._next_step, self._bad_seen = step, bad
         if self.log_dir is not None:
-            self._start_session(step if purge is None else purge)
+            self._get_summaries().start_session(step if purge is None else purge)
             if self._journal is None:
                 self._journal = journal.Journal(
                     pathlib.Path(self.log_dir) / "gradients" / journal.STATE_DIR,
@@ -422,15 +418,6 @@ class GradientMonitor(keras.callbacks.Callback):
                 purge=purge,
             )
             self._offset = step - iterations
-
-    def _start_session(self, step):
-        """Once per monitor, before its summary writer opens its file: a
-        `SessionLog.START` at `step`. TensorBoard's readers take a run's
-        first START as its beginning and every later one as a restart at
-        its step (dropping what earlier files hold from there on)."""
-        if not self._session_started:
-            self._session_started = True
-            _write_session_start(pathlib.Path(self.log_dir) / "gradients", step)
 
     def _resume(self, iterations, default):
         """Take over an earlier process's journal under `log_dir`: keep what
@@ -485,7 +472,7 @@ class GradientMonitor(keras.callbacks.Callback):
             self._nonfinite.count += line["count"]
         # The START event `_begin_fit` writes at `step` hides the events the
         # earlier run wrote from `step` on; the layout at step 0 stays.
-        self._layout_written = step > 0
+        self._get_summaries().layout_written = step > 0
         return step, bad, True
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -547,21 +534,16 @@ class GradientMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.log_dir is None or not self.records:
             return
-        writer = self._get_writer()
-        with writer.as_default(step=self.records[-1]["step"]):
-            tf.summary.text("gradients/diagnosis", self.diagnosis().markdown())
-            for name, figure in self.plot().items():
-                tf.summary.image(f"gradients/{name}", figures.to_image(figure)[None])
-        writer.flush()
+        self._get_summaries().epoch(
+            self.records[-1]["step"], self.diagnosis().markdown(), self.plot()
+        )
 
     def on_train_end(self, logs=None):
         self._training.uninstall()
         if self._journal is not None:
             self._journal.close()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            self._scalar_writers.clear()  # they hold the closed writer
+        if self._summaries is not None:
+            self._summaries.close()
 
     # -- recording -----------------------------------------------------------
 
@@ -621,7 +603,7 @@ class GradientMonitor(keras.callbacks.Callback):
                 {column: values[column] for column in _TIMESTEP_COLUMNS},
                 fit=self._fit,
             )
-            self._epoch_decay.setdefault(name, []).append(verdict.norms[::-1])
+            self._epoch_decay.setdefault(name, _RaggedMean()).add(verdict.norms[::-1])
             finiteness.append(
                 (
                     name,
@@ -654,10 +636,9 @@ class GradientMonitor(keras.callbacks.Callback):
             self._exploding_steps.append(step)
             self._exploding_evidence[step] = evidence
         if self.log_dir is not None:
+            # Scalars reach the file first (flushed), then the journal
+            # commits the record: a crash between them loses no point.
             self._write_scalars(row, statistics)
-            # Scalars reach the file first, then the journal commits the
-            # record: a crash between them loses no TensorBoard point.
-            self._writer.flush()
             self._journal.record(
                 row,
                 self._training.variable_names,
@@ -828,8 +809,8 @@ class GradientMonitor(keras.callbacks.Callback):
                 f"{what}. The update was not applied; stopping with the weights "
                 "of the last good step (on_nan='stop')."
             )
-        if self._writer is not None:
-            self._writer.flush()
+        if self._summaries is not None:
+            self._summaries.flush()
 
     def _depth_profile(self, variable_norms):
         """Each level's gradient norm against the top level's: ||dL/dh||
@@ -883,50 +864,23 @@ class GradientMonitor(keras.callbacks.Callback):
 
     # -- TensorBoard ---------------------------------------------------------
 
-    def _get_writer(self, step=0):
-        if self._writer is None:
-            self._start_session(step)
-            path = pathlib.Path(self.log_dir) / "gradients"
-            # Flushed every few seconds (and at epoch ends, NaN and train end)
-            # so a crashed fit loses at most the last seconds of summaries.
-            self._writer = tf.summary.create_file_writer(str(path), flush_millis=5000)
-        return self._writer
+    def _get_summaries(self):
+        if self._summaries is None:
+            self._summaries = summaries.GradientSummaries(self.log_dir)
+        return self._summaries
 
     def _write_scalars(self, row, statistics):
-        writer = self._get_writer()
-        row = dict(
-            row,
-            skipped_steps=self.skipped_steps,
-            loss_scale_skips=self.loss_scale_skips,
-        )
-        # Under a LossScaleOptimizer its own skips get a chart of their own.
-        counts = ("skipped_steps",) + (
-            ("loss_scale_skips",) if self._loss_scaling else ()
-        )
-        keys = (
-            ("global_norm", "applied_norm", "loss")
-            + counts
-            + tuple(
-                k
-                for k in row
-                if k.startswith(("norm/", "horizon/", "decay/", "depth_ratio/"))
-            )
-        )
-        with writer.as_default(step=row["step"]):
-            if not self._layout_written:
-                _write_layout()
-                self._layout_written = True
-            # One graph call per record instead of one eager op per scalar.
-            write = self._scalar_writers.get(keys)
-            if write is None:
-                write = self._scalar_writers[keys] = _scalar_writer(keys)
-            write(np.array([row[k] for k in keys], np.float32), np.int64(row["step"]))
-            if self.histograms:
-                gradients = statistics["gradients"]
-                for i, path in enumerate(self._training.variable_names):
-                    tf.summary.histogram(
-                        f"gradients/values/{path}", gradients[f"{i:05d}"]
-                    )
+        counts = {"skipped_steps": self.skipped_steps}
+        if self._loss_scaling:  # its own skips get a chart of their own
+            counts["loss_scale_skips"] = self.loss_scale_skips
+        histograms = None
+        if self.histograms:
+            gradients = statistics["gradients"]
+            histograms = {
+                path: gradients[f"{i:05d}"]
+                for i, path in enumerate(self._training.variable_names)
+            }
+        self._get_summaries().scalars(row, counts, histograms)
 
     @property
     def steps(self):
@@ -947,13 +901,7 @@ class GradientMonitor(keras.callbacks.Callback):
         """
         if self.log_dir is None:
             return
-        writer = self._get_writer(int(step))
-        with writer.as_default(step=int(step)):
-            for tag, value in (scalars or {}).items():
-                tf.summary.scalar(tag, float(value))
-            for tag, text in (texts or {}).items():
-                tf.summary.text(tag, text)
-        writer.flush()
+        self._get_summaries().extra(step, scalars, texts)
 
     # -- results -------------------------------------------------------------
 
@@ -1077,33 +1025,9 @@ class GradientMonitor(keras.callbacks.Callback):
         Returns:
             `{name: matplotlib.figure.Figure}`; empty before any record.
         """
-        result = {}
-        if self._store is None:
-            return result
-        for name in self._store.layers:
-            steps, matrix = self._store.recent(name)
-            latest = self._latest.get(name)
-            result[f"heatmap/{name}"] = figures.heatmap_figure(
-                matrix,
-                steps=steps,
-                name=name,
-                horizon=None if latest is None else latest.horizon,
-            )
-        curves = {}
-        for name, rows in self._epoch_decay.items():
-            width = max((len(r) for r in rows), default=0)
-            if width == 0:
-                continue
-            padded = np.full((len(rows), width), np.nan)
-            for i, r in enumerate(rows):
-                padded[i, : len(r)] = r
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
-                curves[name] = np.nanmean(padded, axis=0)
-        if curves:
-            title = f"||dL/dh_t|| against steps back (epoch {self._epoch})"
-            result["decay"] = figures.decay_figure(curves, title=title)
-        return result
+        horizons = {name: d.horizon for name, d in self._latest.items()}
+        curves = {name: mean.value() for name, mean in self._epoch_decay.items()}
+        return figures.monitor_figures(self._store, horizons, curves, self._epoch)
 
     def diagnosis(self):
         """The verdict on the latest recorded step, a
@@ -1155,32 +1079,6 @@ def _iterations(model):
     return 0 if optimizer is None else int(optimizer.iterations.numpy())
 
 
-def _write_session_start(directory, step):
-    """An event file holding `SessionLog(status=START)` at `step`. Readers
-    with `purge_orphaned_data` (TensorBoard's default) take a run's first
-    START as its beginning and drop, at each later one, the events at or
-    after its step that earlier files hold: the steps a resumed run trains
-    again. Named to sort after every earlier file and before the file this
-    process's summary writer opens next (in the same second `.0-` sorts
-    before a process id)."""
-    from tensorboard.compat.proto import event_pb2
-
-    now = time.time()
-    events = [
-        event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
-        event_pb2.Event(
-            wall_time=now,
-            step=int(step),
-            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
-        ),
-    ]
-    name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.0-session-start"
-    pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(pathlib.Path(directory) / name)) as writer:
-        for event in events:
-            writer.write(event.SerializeToString())
-
-
 def _stack_levels(model):
     """The model's recurrent levels when they form one stack, else []."""
     from keras_seq.depth import levels  # the depth package imports callbacks
@@ -1190,51 +1088,6 @@ def _stack_levels(model):
     except ValueError:  # no recurrent levels
         return []
     return found if levels.single_stack(model, found) else []
-
-
-def _scalar_writer(keys):
-    tags = [f"gradients/{key}" for key in keys]
-
-    @tf.function(reduce_retracing=True)
-    def write(values, step):
-        for i, tag in enumerate(tags):
-            tf.summary.scalar(tag, values[i], step=step)
-
-    return write
-
-
-def _write_layout():
-    from tensorboard.plugins.custom_scalar import layout_pb2
-    from tensorboard.plugins.custom_scalar import summary as custom_scalar
-
-    charts = [
-        layout_pb2.Chart(
-            title="gradient norm per layer",
-            multiline=layout_pb2.MultilineChartContent(tag=[r"gradients/norm/.*"]),
-        ),
-        layout_pb2.Chart(
-            title="global gradient norm",
-            multiline=layout_pb2.MultilineChartContent(
-                tag=[r"gradients/(global|applied)_norm"]
-            ),
-        ),
-        layout_pb2.Chart(
-            title="gradient horizon per recurrent sublayer",
-            multiline=layout_pb2.MultilineChartContent(tag=[r"gradients/horizon/.*"]),
-        ),
-        layout_pb2.Chart(
-            title="gradient norm per level / top level's (through depth)",
-            multiline=layout_pb2.MultilineChartContent(
-                tag=[r"gradients/depth_ratio/.*"]
-            ),
-        ),
-    ]
-    layout = layout_pb2.Layout(
-        category=[layout_pb2.Category(title="keras-seq gradients", chart=charts)]
-    )
-    tf.summary.experimental.write_raw_pb(
-        custom_scalar.pb(layout).SerializeToString(), step=0
-    )
 
 
 def _check_writable(log_dir):
@@ -1268,3 +1121,26 @@ def _warn(message, category=UserWarning):
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+class _RaggedMean:
+    """The element-wise mean of 1-D arrays of any lengths (NaN ignored), in
+    bounded memory: one running sum and count per position."""
+
+    def __init__(self):
+        self._sum = np.zeros(0)
+        self._count = np.zeros(0)
+
+    def add(self, values):
+        values = np.asarray(values, np.float64)
+        if len(values) > len(self._sum):
+            grow = len(values) - len(self._sum)
+            self._sum = np.concatenate([self._sum, np.zeros(grow)])
+            self._count = np.concatenate([self._count, np.zeros(grow)])
+        finite = ~np.isnan(values)
+        self._sum[: len(values)][finite] += values[finite]
+        self._count[: len(values)][finite] += 1
+
+    def value(self):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self._count > 0, self._sum / self._count, np.nan)
