@@ -96,10 +96,16 @@ class GradientMonitor(keras.callbacks.Callback):
             README: about 1.1-1.3x a plain step); at the default the
             overhead is within the noise of a step. `every=1` records all.
         on_nan: `"stop"` (default): do not apply the update with non-finite
-            gradients and end `fit` after that step, keeping the weights of
-            the last good step. `"skip"`: do not apply it and go on (weights
-            and optimizer state unchanged, the count is recorded). `"warn"`:
-            apply it as Keras would and warn. A gradient counts as non-finite
+            gradients, nor any later update of the `fit`, and end `fit` at
+            the next recorded step (or epoch end): the weights and optimizer
+            state are those of the last good step. `"skip"`: do not apply it
+            and go on (weights and optimizer state unchanged, the count is
+            recorded). `"warn"`: apply it as Keras would and warn. The
+            monitor reads nothing from the device on steps it does not
+            record (no wait for the device there): non-finite steps are
+            decided and guarded in the graph on every step, and counted,
+            located and warned about at the next recorded step, epoch end
+            or train end. A gradient counts as non-finite
             when an element is NaN/Inf or the sum of its squares overflows
             float32 (an element above ~1.8e19): Adam's second moment would
             turn such a gradient into NaN weights.
@@ -258,6 +264,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self._blind = ()  # report lines: what the monitor cannot see
         self._blind_model = None  # the model `_blind` describes
         self._overflows_seen = 0
+        self._held_seen = 0  # updates withheld after a non-finite step
+        self._recording = False  # the running execution records
         self._latest = {}  # sublayer -> SublayerDiagnosis of the last records
         self._recent = {}  # sublayer -> deque of its last records' diagnoses
         self._latest_depth = None  # DepthDiagnosis of the last record
@@ -310,7 +318,7 @@ class GradientMonitor(keras.callbacks.Callback):
                 # first step is set when the first batch begins (`_begin_fit`),
                 # after `BackupAndRestore` restored the optimizer.
                 self._counters = tf.Variable(
-                    [self._next_step, 0, -1, -1, 0],
+                    _fresh_counters(self._next_step, 0),
                     dtype=tf.int64,
                     trainable=False,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
@@ -353,7 +361,9 @@ class GradientMonitor(keras.callbacks.Callback):
                     histograms=self.histograms,
                     contributions=self.contributions,
                     peak=self._peak,
+                    hold=self.on_nan == "stop",
                 ),
+                on_execution=self._after_execution,
             )
 
     # -- training hooks ------------------------------------------------------
@@ -363,8 +373,10 @@ class GradientMonitor(keras.callbacks.Callback):
             _check_writable(self.log_dir)
         self._training.install()
         self._fit += 1
-        self._next_step, self._bad_seen = (int(v) for v in self._counters.numpy()[:2])
-        self._overflows_seen = int(self._counters.numpy()[4])
+        counters = self._counters.numpy()
+        counters[_COUNTER["stopped"]] = 0  # a new fit trains again
+        self._counters.assign(counters)
+        self._take_counters(counters)
         self._check_visibility()
         # Callbacks later in the list (BackupAndRestore) may still restore
         # the optimizer's step count: it is read at the first batch.
@@ -398,8 +410,8 @@ class GradientMonitor(keras.callbacks.Callback):
                 step, bad, resumed = self._resume(iterations, default=(step, bad))
                 # A run that takes nothing over hides all earlier data.
                 purge = step if resumed else 0
-            self._counters.assign([step, bad, -1, -1, 0])
-            self._overflows_seen = 0
+            self._counters.assign(_fresh_counters(step, bad))
+            self._overflows_seen = self._held_seen = 0
         self._fits_on_model += 1
         self._next_step, self._bad_seen = step, bad
         if self.log_dir is not None:
@@ -485,32 +497,50 @@ class GradientMonitor(keras.callbacks.Callback):
         self._recording = (last // self.every) * self.every >= first
         self._training.select(self._recording)
 
-    def on_train_batch_end(self, batch, logs=None):
-        steps, bad, first_bad, last_bad, overflows = (
-            int(v) for v in self._counters.numpy()
-        )
+    def _after_execution(self, statistics):
+        """After every execution of the training function (see
+        `MonitoredTraining`): on a light step only Python counting, no
+        read from the device; on a recorded step the counters and the
+        statistics are read (`_sync`)."""
+        if statistics is None and not self._recording:
+            # Corrected at the next read when an execution ran short (the
+            # last one of an epoch under steps_per_execution > 1).
+            self._next_step += self.model.steps_per_execution
+            return
+        self._sync(statistics)
+
+    def _take_counters(self, counters):
+        self._next_step = int(counters[_COUNTER["steps"]])
+        self._bad_seen = int(counters[_COUNTER["nonfinite"]])
+        self._overflows_seen = int(counters[_COUNTER["overflows"]])
+        self._held_seen = int(counters[_COUNTER["held"]])
+
+    def _sync(self, statistics=None):
+        """Read the in-graph counters (one host read) and act on what
+        happened since the last read: updates skipped, non-finite steps
+        (`on_nan`), explosions; with `statistics`, record the last step."""
+        counters = [int(v) for v in self._counters.numpy()]
+        steps, bad, first_bad, last_bad, overflows, held, _ = counters
         step = steps - 1  # the last step run
         new_bad = bad - self._bad_seen
-        if overflows != self._overflows_seen:
-            # Updates the LossScaleOptimizer skipped on float16 overflows.
-            new_overflows = overflows - self._overflows_seen
-            self._overflows_seen = overflows
-            self.skipped_steps += new_overflows
-            self.loss_scale_skips += new_overflows
-        self._next_step, self._bad_seen = steps, bad
+        new_overflows = overflows - self._overflows_seen
+        new_held = held - self._held_seen
+        self._take_counters(counters)
+        # Updates the LossScaleOptimizer skipped on float16 overflows.
+        self.skipped_steps += new_overflows + new_held
+        self.loss_scale_skips += new_overflows
         location = (None, None)
-        statistics = self._training.statistics
-        if self._recording and statistics is not None:
+        if statistics is not None:
             location = self._record(step, statistics)
         if new_bad:
-            if last_bad != step:
+            if last_bad != step or statistics is None:
                 location = (None, None)  # not the recorded step
             if self._nonfinite is None and first_bad != last_bad:
-                # Several bad steps in one execution: the diagnosis names the
-                # first, which was not recorded.
+                # Several bad steps since the last read: the diagnosis names
+                # the first, which was not recorded.
                 self._nonfinite = diagnostics.NonFinite(first_bad, None, None, 0)
             skipped_before = self.skipped_steps
-            if last_bad != step or not self._recording:
+            if last_bad != step or statistics is None:
                 self._explosion_between_records(last_bad)
             self._on_nonfinite(last_bad, *location, count=new_bad)
             if self._journal is not None:
@@ -521,6 +551,8 @@ class GradientMonitor(keras.callbacks.Callback):
                     skipped=self.skipped_steps - skipped_before,
                     location=location,
                 )
+        if statistics is not None and self.records[-1]["finite"]:
+            self._peak.assign(0.0)  # the next non-finite step reads from here
         if self._journal is not None:
             # Training steps minus applied updates changes where an update
             # was skipped (by the guard, or by a LossScaleOptimizer on an
@@ -532,6 +564,9 @@ class GradientMonitor(keras.callbacks.Callback):
                 self._journal.offset(steps, iterations)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._starting:
+            return  # no batch ran
+        self._sync()
         if self.log_dir is None or not self.records:
             return
         self._get_summaries().epoch(
@@ -539,6 +574,8 @@ class GradientMonitor(keras.callbacks.Callback):
         )
 
     def on_train_end(self, logs=None):
+        if not self._starting:
+            self._sync()
         self._training.uninstall()
         if self._journal is not None:
             self._journal.close()
@@ -564,11 +601,13 @@ class GradientMonitor(keras.callbacks.Callback):
             "applied_norm": float(stats["applied_norm"]),
             "finite": finite,
             # A LossScaleOptimizer skips non-finite steps itself.
-            "skipped": (not finite) and (self.on_nan != "warn" or self._loss_scaling),
+            "skipped": bool(stats["held"])
+            or ((not finite) and (self.on_nan != "warn" or self._loss_scaling)),
             "skipped_by": "",
         }
         if row["skipped"]:
-            row["skipped_by"] = "loss_scale" if self._loss_scaling else "on_nan"
+            by_scaler = self._loss_scaling and not stats["held"]
+            row["skipped_by"] = "loss_scale" if by_scaler else "on_nan"
         for layer, norm in self._layer_norms(stats["variable_norms"]).items():
             row[f"norm/{layer}"] = norm
         sublayer_info = {s.name: s for s in self._training.sublayers}
@@ -629,8 +668,6 @@ class GradientMonitor(keras.callbacks.Callback):
         self.records.append(row)
 
         evidence = self._explosion(row, finiteness)
-        if row["finite"]:
-            self._peak.assign(0.0)  # the next non-finite step reads from here
         exploding = evidence is not None
         if exploding:
             self._exploding_steps.append(step)
@@ -795,7 +832,7 @@ class GradientMonitor(keras.callbacks.Callback):
         what = "A non-finite loss" if self._loss_scaling else "Non-finite gradients"
         what += f" at step {step}{where}"
         if count > 1:
-            what += f" ({count} such steps since the last batch)"
+            what += f" ({count} such steps since the last read)"
         if self._loss_scaling or self.on_nan != "warn":
             self.skipped_steps += count
         if self.on_nan == "warn":
@@ -1064,6 +1101,17 @@ class GradientMonitor(keras.callbacks.Callback):
     def report(self):
         """The diagnosis as plain text."""
         return self.diagnosis().report()
+
+
+_COUNTER = {name: i for i, name in enumerate(monitoring.train_step.COUNTERS)}
+
+
+def _fresh_counters(step, nonfinite):
+    counters = [0] * len(_COUNTER)
+    counters[_COUNTER["steps"]] = step
+    counters[_COUNTER["nonfinite"]] = nonfinite
+    counters[_COUNTER["first_nonfinite"]] = counters[_COUNTER["last_nonfinite"]] = -1
+    return counters
 
 
 def _shapes(model):

@@ -1,6 +1,7 @@
 import dataclasses
 
 import keras
+import tensorflow as tf
 
 from keras_seq.monitoring import train_step
 
@@ -15,9 +16,13 @@ class MonitorSettings:
     """What the monitored training step must do (read at trace time).
 
     Attributes:
-        counters: `tf.Variable` int64 `[steps run, non-finite steps, first
-            and last non-finite step]`, updated in the graph on every step.
+        counters: `tf.Variable` int64, one value per name in
+            `keras_seq.monitoring.train_step.COUNTERS`, updated in the graph
+            on every step.
         guard: skip non-finite updates in the graph.
+        hold: after a non-finite step, withhold every later update until
+            the counters are reset (`on_nan="stop"`: the host reads them at
+            recorded steps and epoch ends only).
         histograms: return the applied gradients on recorded steps.
         contributions: project each time step's recurrent-kernel gradient on
             the applied gradient.
@@ -31,6 +36,7 @@ class MonitorSettings:
     histograms: bool
     contributions: bool
     peak: object = None
+    hold: bool = False
 
 
 def check_model(model):
@@ -81,6 +87,12 @@ class MonitoredTraining:
     Args:
         model: a `keras.Model` (see `check_model`).
         settings: a `MonitorSettings`.
+        on_execution: optional callable, called after each execution of the
+            training function (`steps_per_execution` steps) with the
+            recorded step's statistics, or None after light steps: where a
+            callback reads what it needs without a batch-end hook (which
+            would make Keras wait for every batch on backends that dispatch
+            them asynchronously).
 
     Attributes:
         statistics: the last recorded step's statistics (a dict of numpy-
@@ -91,10 +103,11 @@ class MonitoredTraining:
         variable_names: each trainable variable's path.
     """
 
-    def __init__(self, model, settings):
+    def __init__(self, model, settings, on_execution=None):
         check_model(model)
         self.model = model
         self.settings = settings
+        self.on_execution = on_execution
         self.statistics = None
         self.sublayers = ()
         self.layer_names, self.variable_names = (), ()
@@ -184,8 +197,19 @@ class MonitoredTraining:
                 self.uninstall()
                 return keras_function(iterator)
             self._selected = False
-            logs = dict(function(iterator))
+            try:
+                logs = dict(function(iterator))
+            except (StopIteration, tf.errors.OutOfRangeError):
+                raise  # the end of the data: Keras's fit goes on
+            except BaseException:
+                # Ctrl-C or an error in the step ends the fit without
+                # on_train_end: Keras gets its function back now.
+                self.uninstall()
+                raise
             self.statistics = logs.pop(train_step.STATISTICS_KEY, None)
+            if self.on_execution is not None:
+                # Python only on a light step: nothing read from the device.
+                self.on_execution(self.statistics)
             return logs
 
         return train_function

@@ -31,6 +31,22 @@ from keras_seq.monitoring import keras_rnn
 
 STATISTICS_KEY = "_keras_seq_gradient_statistics"
 
+# The int64 counters every step updates in the graph, by index: steps run,
+# non-finite steps, the first and last of those, updates a
+# LossScaleOptimizer skipped on an overflow behind a finite loss, updates
+# withheld after a non-finite step (`hold`), and whether one was seen
+# (`hold`: 1 from the first non-finite step of the fit on).
+COUNTERS = (
+    "steps",
+    "nonfinite",
+    "first_nonfinite",
+    "last_nonfinite",
+    "overflows",
+    "held",
+    "stopped",
+)
+_STOPPED = COUNTERS.index("stopped")
+
 
 class SublayerInfo(typing.NamedTuple):
     """Static description of one recurrent sublayer seen by the step."""
@@ -95,6 +111,10 @@ def monitored_step(training, data, record):
         finite = tf.math.is_finite(squares)
         _track_peak(settings.peak, finite, tf.sqrt(squares))
     overflow = tf.constant(False)
+    # Under `hold` a non-finite step withholds every later update of the
+    # fit: the host, which reads the counters only at recorded steps and
+    # epoch ends, stops the fit there with the last good step's weights.
+    held = settings.counters[_STOPPED] > 0 if settings.hold else tf.constant(False)
     if loss_scaling:
         # Non-finite scaled gradients are routine overflows that the
         # LossScaleOptimizer skips itself; only a non-finite loss is news.
@@ -103,15 +123,22 @@ def monitored_step(training, data, record):
         weight_grads = _nonfinite_everywhere(weight_grads)
         if not record:
             finite = _finite(_sum_replicas(_sums(weight_grads)))
-        overflow = ~finite & ~bad
-        model.optimizer.apply(weight_grads, variables)
-    else:
-        bad = ~finite
-        if settings.guard:
-            _apply_if(finite, model.optimizer, weight_grads, variables)
+        overflow = ~finite & ~bad & ~held
+        applied = ~held
+        if settings.hold:
+            _apply_if(applied, model.optimizer, weight_grads, variables)
         else:
             model.optimizer.apply(weight_grads, variables)
-    _count(settings.counters, bad, overflow)
+    else:
+        bad = ~finite
+        applied = finite & ~held if settings.guard else tf.constant(True)
+        if settings.guard:
+            _apply_if(applied, model.optimizer, weight_grads, variables)
+        else:
+            model.optimizer.apply(weight_grads, variables)
+    _count(settings.counters, bad, overflow, held & ~bad, settings.hold)
+    if statistics:
+        statistics["held"] = tf.cast(held, tf.float32)
     logs = dict(model.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
     if statistics:
         logs[STATISTICS_KEY] = statistics
@@ -240,12 +267,12 @@ def _finite(sums):
     return tf.math.is_finite(tf.add_n(sums))
 
 
-def _count(counters, bad, overflow):
-    """counters = [steps run, non-finite steps, first and last of those,
-    updates a LossScaleOptimizer skipped on an overflow behind a finite
-    loss]."""
-    step, count, first, last, overflows = tf.unstack(counters)
+def _count(counters, bad, overflow, held, hold):
+    """Update `counters` (see `COUNTERS`) after one step."""
+    step, count, first, last, overflows, held_count, stopped = tf.unstack(counters)
     bad = tf.cast(bad, tf.int64)
+    if hold:
+        stopped = tf.maximum(stopped, bad)
     counters.assign(
         tf.stack(
             [
@@ -254,6 +281,8 @@ def _count(counters, bad, overflow):
                 tf.where((bad > 0) & (first < 0), step, first),
                 tf.where(bad > 0, step, last),
                 overflows + tf.cast(overflow, tf.int64),
+                held_count + tf.cast(held, tf.int64),
+                stopped,
             ]
         )
     )

@@ -282,6 +282,14 @@ def summary(result):
     }
 
 
+def at_reads(result, steps):
+    """`steps` as the monitor can count them: each mapped to the first step
+    at or after it where the monitor reads its counters (the recorded steps
+    and the last step: it reads nothing from the device in between)."""
+    reads = sorted(set(result["recorded"]) | {len(result["per_step"]) - 1})
+    return sorted(next(r for r in reads if r >= s) for s in steps)
+
+
 def _guarded(monitor):
     """Updates the monitor skipped for non-finite values (its `on_nan`
     guard, or a non-finite loss under loss scaling): `skipped_steps` less
@@ -299,8 +307,8 @@ def problems(result):
       count changed; a LossScaleOptimizer's own scale and counter aside) or
       a full update (every trainable weight changed, one iteration);
     - without loss scaling: the steps the monitor counts in `skipped_steps`
-      (read after every step), the untouched steps and the poisoned steps
-      are the same set; so are the recorded steps with `skipped` True and
+      (read at recorded steps and the end, so compared `at_reads`), the
+      untouched steps and the poisoned steps are the same set; so are the recorded steps with `skipped` True and
       the poisoned recorded steps; the diagnosis names the first poisoned
       step;
     - with a LossScaleOptimizer, "agree" means: the steps on which it
@@ -355,7 +363,11 @@ def problems(result):
                 f"{p['trainable']} weights, {p['iterations']} iterations)"
             )
     if not result["loss_scaling"]:
-        differ("counted by the monitor vs poisoned", s["counted"], poisoned)
+        differ(
+            "counted by the monitor vs poisoned",
+            s["counted"],
+            at_reads(result, poisoned),
+        )
         differ("untouched vs poisoned", s["untouched"], poisoned)
         recorded = set(result["recorded"])
         differ(

@@ -141,11 +141,16 @@ def test_nan_stops_with_the_last_good_weights():
             verbose=0,
             callbacks=[snapshots, monitor],
         )
-    assert sorted(snapshots.after) == [0, 1]  # stopped after the bad batch
-    for before, after in zip(snapshots.before[1], snapshots.after[1]):
+    # The host reads the counters at recorded steps only: the fit stops at
+    # step 2 (the next record), and no update after the bad step 1 was
+    # applied: the weights are the last good step's.
+    assert sorted(snapshots.after) == [0, 1, 2]
+    for before, after in zip(snapshots.before[1], snapshots.after[2]):
         np.testing.assert_array_equal(before, after)
     assert monitor.diagnosis().nonfinite.step == 1
     assert monitor.diagnosis().nonfinite.layer is None  # not a recorded step
+    assert monitor.skipped_steps == 2  # the bad update and the one withheld
+    assert monitor.to_frame().skipped.tolist() == [False, True]
 
 
 def test_nan_warn_applies_the_update():
