@@ -12,6 +12,10 @@ import tensorflow as tf
 
 from keras_seq.callbacks import figures
 
+# The tag group: every tag is `<GROUP>/<name>`. TensorBoard's Time Series
+# dashboard sorts groups by name (digits and capitals before lower case) and
+# opens the first two on a first visit.
+GROUP = "gradients"
 # Row columns written as scalars, by prefix (the rest: named in `scalars`).
 SCALAR_PREFIXES = ("norm/", "horizon/", "decay/", "depth_ratio/")
 
@@ -71,15 +75,15 @@ class GradientSummaries:
                 write = self._scalar_writers[keys] = _scalar_writer(keys)
             write(np.array([row[k] for k in keys], np.float32), np.int64(row["step"]))
             for path, gradient in (histograms or {}).items():
-                tf.summary.histogram(f"gradients/values/{path}", gradient)
+                tf.summary.histogram(f"{GROUP}/values/{path}", gradient)
         self.flush()
 
     def epoch(self, step, diagnosis, pictures):
         """The diagnosis Markdown and the pictures (`{name: Figure}`)."""
         with self.writer().as_default(step=step):
-            tf.summary.text("gradients/diagnosis", diagnosis)
+            tf.summary.text(f"{GROUP}/diagnosis", diagnosis)
             for name, figure in pictures.items():
-                tf.summary.image(f"gradients/{name}", figures.to_image(figure)[None])
+                tf.summary.image(f"{GROUP}/{name}", figures.to_image(figure)[None])
         self.flush()
 
     def extra(self, step, scalars=None, texts=None):
@@ -128,7 +132,7 @@ def write_session_start(directory, step):
 
 
 def _scalar_writer(keys):
-    tags = [f"gradients/{key}" for key in keys]
+    tags = [f"{GROUP}/{key}" for key in keys]
 
     @tf.function(reduce_retracing=True)
     def write(values, step):
@@ -138,35 +142,54 @@ def _scalar_writer(keys):
     return write
 
 
-def write_layout():
+def layout():
+    """The custom-scalars layout, one chart per question, a
+    `tensorboard.plugins.custom_scalar.layout_pb2.Layout`.
+
+    TensorBoard 2.21 draws a chart's series in one colour per run and tells
+    them apart by marker only, naming them in the collapsed "Matches" list
+    under the chart (and in the tooltip). So the two norms of a step are
+    one margin chart whose title names its parts, and each multi-line
+    chart's title says what its lines are and where their names are. The
+    margin chart has a category of its own because TensorBoard draws a
+    category's margin charts after its multi-line charts.
+    """
     from tensorboard.plugins.custom_scalar import layout_pb2
+
+    def lines(title, name):
+        return layout_pb2.Chart(
+            title=f"{title} (lines named under Matches)",
+            multiline=layout_pb2.MultilineChartContent(tag=[rf"{GROUP}/{name}/.*"]),
+        )
+
+    applied, total = f"{GROUP}/applied_norm", f"{GROUP}/global_norm"
+    norm = layout_pb2.Chart(
+        title="gradient norm applied (line); shaded up to the norm before clipping",
+        margin=layout_pb2.MarginChartContent(
+            series=[
+                layout_pb2.MarginChartContent.Series(
+                    value=applied, lower=applied, upper=total
+                )
+            ]
+        ),
+    )
+    by_layer = [
+        lines("gradient norm per layer", "norm"),
+        lines("gradient horizon per recurrent sublayer, in time steps", "horizon"),
+        lines("gradient norm per level / the top level's", "depth_ratio"),
+    ]
+    return layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(title="keras-seq gradients: whole model", chart=[norm]),
+            layout_pb2.Category(title="keras-seq gradients: by layer", chart=by_layer),
+        ]
+    )
+
+
+def write_layout():
+    """Write `layout()` into the default summary writer, at step 0."""
     from tensorboard.plugins.custom_scalar import summary as custom_scalar
 
-    charts = [
-        layout_pb2.Chart(
-            title="gradient norm per layer",
-            multiline=layout_pb2.MultilineChartContent(tag=[r"gradients/norm/.*"]),
-        ),
-        layout_pb2.Chart(
-            title="global gradient norm",
-            multiline=layout_pb2.MultilineChartContent(
-                tag=[r"gradients/(global|applied)_norm"]
-            ),
-        ),
-        layout_pb2.Chart(
-            title="gradient horizon per recurrent sublayer",
-            multiline=layout_pb2.MultilineChartContent(tag=[r"gradients/horizon/.*"]),
-        ),
-        layout_pb2.Chart(
-            title="gradient norm per level / top level's (through depth)",
-            multiline=layout_pb2.MultilineChartContent(
-                tag=[r"gradients/depth_ratio/.*"]
-            ),
-        ),
-    ]
-    layout = layout_pb2.Layout(
-        category=[layout_pb2.Category(title="keras-seq gradients", chart=charts)]
-    )
     tf.summary.experimental.write_raw_pb(
-        custom_scalar.pb(layout).SerializeToString(), step=0
+        custom_scalar.pb(layout()).SerializeToString(), step=0
     )

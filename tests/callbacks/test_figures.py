@@ -6,11 +6,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from matplotlib.figure import Figure
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 
-from keras_seq.callbacks import figures
+from keras_seq.callbacks import figures, summaries
+from keras_seq.callbacks.timestep_store import TimestepStore
 
 GREY = 153  # "0.6" in 8-bit RGB
+# TensorBoard 2.21's Time Series dashboard shows an image in a box 215 px
+# high and (window 1280 px wide) 327 px wide, scaled with `image-rendering:
+# pixelated`; the Images dashboard shows it 350 px wide; the issue measured
+# cards of about 280 px.
+CARD_BOX = (327, 215)
+SMALLEST_CARD = 280
 
 
 @pytest.fixture(autouse=True)
@@ -221,7 +232,7 @@ def test_decay_axes_scale_legend_and_title():
     assert ax.get_xlabel() == "steps back from the last step"
     assert ax.get_ylabel() == "||dL/dh_t||"
     assert ax.get_title() == "my run"
-    assert _tick_texts(ax.get_legend().get_texts()) == ["b", "a", "3"]
+    assert _tick_texts(ax.get_figure().legends[0].get_texts()) == ["b", "a", "3"]
     assert ax.xaxis.get_gridlines()[0].get_visible()
 
 
@@ -234,7 +245,7 @@ def test_decay_skips_all_missing_curves():
     curves = {"gone": [0.0, np.nan], "kept": [1.0, 0.5], "empty": []}
     ax = figures.decay_figure(curves).axes[0]
     assert [line.get_label() for line in ax.lines] == ["kept"]
-    assert _tick_texts(ax.get_legend().get_texts()) == ["kept"]
+    assert _tick_texts(ax.get_figure().legends[0].get_texts()) == ["kept"]
 
 
 def test_decay_all_missing_says_so_without_log_scale_error():
@@ -331,3 +342,224 @@ def test_module_needs_neither_tensorflow_nor_pyplot():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+# Pictures for people: readable at TensorBoard's card size, one colour scale.
+
+
+def _store(matrices):
+    """A TimestepStore holding `{sublayer: (records x T) norms}`."""
+    store = TimestepStore(("grad_norm",))
+    for name, matrix in matrices.items():
+        for step, row in enumerate(matrix):
+            store.append(step * 10, name, {"grad_norm": row})
+    return store
+
+
+def _texts(figure):
+    """Every text a reader sees: titles, axis and tick labels, legend
+    entries and notes, after a draw (ticks are chosen at draw time)."""
+    figure.draw_without_rendering()
+    texts = [text for legend in figure.legends for text in legend.get_texts()]
+    for ax in figure.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        texts += ax.get_xticklabels() + ax.get_yticklabels()
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _sublayers():
+    t = np.arange(30.0)
+    rng = np.random.default_rng(0)
+    decay = np.exp(0.2 * (t - 29))[None, :] * rng.lognormal(0, 0.2, (8, 30))
+    return {
+        "rnn/level_0": 1e-4 * decay,  # vanished: far below the others
+        "rnn/level_1": 0.3 * decay,
+        "bidirectional/forward_lstm/level_0": 5.0 * decay,
+    }
+
+
+def _monitor_pictures(matrices):
+    store = _store(matrices)
+    curves = {name: m.mean(axis=0)[::-1] for name, m in matrices.items()}
+    horizons = {name: 30 for name in matrices}
+    return figures.monitor_figures(store, horizons, curves, epoch=3)
+
+
+def test_monitor_heatmaps_share_one_stated_colour_scale():
+    matrices = _sublayers()
+    pictures = _monitor_pictures(matrices)
+    heatmaps = [pictures[f"heatmap/{name}"] for name in matrices]
+    limits = {fig.axes[0].images[0].get_clim() for fig in heatmaps}
+    assert len(limits) == 1  # one scale, not one per sublayer
+    (low, high) = limits.pop()
+    logs = np.log10(np.concatenate([m.ravel() for m in matrices.values()]))
+    assert low <= logs.min() < logs.max() <= high
+    assert (low, high) == figures.shared_limits(matrices.values())
+    for figure in heatmaps:
+        colorbar = figure.axes[0].images[0].colorbar
+        assert colorbar.ax.get_ylim() == pytest.approx((low, high))
+        assert colorbar.ax.get_ylabel() == "log10 ||dL/dh_t||\nsame in all sublayers"
+    # The vanished sublayer is dark in its heatmap, not stretched to yellow.
+    vanished = figures.to_image(heatmaps[0])
+    loud = figures.to_image(heatmaps[2])
+    assert vanished[..., 1].mean() < loud[..., 1].mean()
+
+
+def test_shared_limits_take_whole_half_decades_of_finite_positive_norms():
+    assert figures.shared_limits([[1e-3, 0.2], [[np.nan, 0.0], [-1.0, 5.0]]]) == (
+        -3.0,
+        1.0,
+    )
+    assert figures.shared_limits([[0.04]]) == (-1.5, -1.0)
+    assert figures.shared_limits([[1.0]]) == (-0.5, 0.5)  # a single value
+    assert figures.shared_limits([[np.nan, 0.0], [np.inf, -2.0]]) is None
+    assert figures.shared_limits([]) is None
+
+
+def test_monitor_heatmaps_without_any_finite_norm_keep_their_own_placeholder():
+    pictures = _monitor_pictures({"rnn/level_0": np.full((2, 3), np.nan)})
+    ax = pictures["heatmap/rnn/level_0"].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["no finite gradient norms"]
+    assert ax.images[0].colorbar.ax.get_ylabel() == "log10 ||dL/dh_t||"
+
+
+@pytest.mark.parametrize(
+    "limits, extend", [((-2.0, -1.0), "both"), ((-4, 1), "neither"), ((-2, 1), "min")]
+)
+def test_heatmap_limits_set_the_colours_and_point_the_bar_past_them(
+    norms, limits, extend
+):
+    image = figures.heatmap_figure(norms, limits=limits).axes[0].images[0]
+    assert image.get_clim() == pytest.approx(limits)
+    assert image.colorbar.extend == extend
+
+
+@pytest.mark.parametrize(
+    "limits", [(1, 1), (2, 1), (np.nan, 1), (0, np.inf), (0,), (0, 1, 2), "ab", 3]
+)
+def test_heatmap_rejects_bad_limits(norms, limits):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `limits` must be two finite numbers `\(low, high\)` with "
+        r"low < high\. Received: limits=",
+    ):
+        figures.heatmap_figure(norms, limits=limits)
+
+
+@pytest.mark.parametrize(
+    "matrices",
+    [
+        _sublayers(),
+        {"rnn/level_0": np.full((2, 3), np.nan)},  # the "no data" note
+        {"a/level_0": np.ones((400, 200)), "b/level_0": np.ones((1, 1))},
+    ],
+    ids=["three sublayers", "no data", "many steps"],
+)
+def test_pictures_are_readable_at_tensorboard_card_size(matrices):
+    pictures = _monitor_pictures(matrices)
+    for name, figure in pictures.items():
+        height, width, _ = figures.to_image(figure).shape
+        # Shown pixel for pixel in a Time Series card, not scaled down
+        # (TensorBoard scales pixelated, dropping strokes of the letters);
+        # the decay plot grows taller for a legend of more than two rows.
+        assert width <= CARD_BOX[0], name
+        assert height <= CARD_BOX[1] or name == "decay", name
+        # Every text at least 11 px as rendered, and at least 8 px on a
+        # card 280 px wide: a point is dpi / 72 px of a figure `width_in`
+        # inches wide, shown SMALLEST_CARD / (dpi * width_in) times smaller.
+        width_in = figure.get_figwidth()
+        for text in _texts(figure):
+            size = text.get_fontsize()
+            assert size * 100 / 72 >= 11, (name, text.get_text(), size)
+            assert size * SMALLEST_CARD / (72 * width_in) >= 8, (name, text, size)
+        # Nothing drawn outside the picture.
+        renderer = figure.canvas.get_renderer()
+        boxes = [ax.get_tightbbox(renderer) for ax in figure.axes]
+        boxes += [legend.get_window_extent(renderer) for legend in figure.legends]
+        for box in boxes:
+            assert box.x0 >= -1 and box.y0 >= -1, (name, box)
+            assert box.x1 <= width + 1 and box.y1 <= height + 1, (name, box)
+
+
+def test_a_long_sublayer_name_breaks_the_title_after_its_colon(norms):
+    name = "bidirectional/forward_lstm/level_0"
+    figure = figures.heatmap_figure(norms, name=name, horizon=30)
+    ax = figure.axes[0]
+    assert ax.get_title() == f"{name}:\nhorizon 30"
+    figure.draw_without_rendering()
+    box = ax.title.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width
+    short = figures.heatmap_figure(norms, name="rnn/level_0", horizon=30)
+    assert short.axes[0].get_title() == "rnn/level_0: horizon 30"
+
+
+def test_decay_legend_sits_below_the_axes_in_columns_that_fit():
+    curves = {f"rnn/level_{i}": np.exp(-np.arange(5.0) * i) for i in range(4)}
+    figure = figures.decay_figure(curves)
+    figure.draw_without_rendering()
+    (legend,) = figure.legends
+    renderer = figure.canvas.get_renderer()
+    box, axes_box = legend.get_window_extent(renderer), figure.axes[0].bbox
+    assert box.y1 <= axes_box.y0  # below: it hides no line
+    assert _legend_rows(figure) == 2  # short names share a row
+    assert figure.get_size_inches() == pytest.approx(figures.FIGSIZE)
+    long = {f"bidirectional/forward_lstm/level_{i}": [1.0, 0.1] for i in range(4)}
+    tall = figures.decay_figure(long)
+    assert _legend_rows(tall) == 4
+    assert tall.get_figheight() == pytest.approx(figures.FIGSIZE[1] + 2 * 0.17)
+
+
+def _legend_rows(figure):
+    figure.draw_without_rendering()
+    texts = figure.legends[0].get_texts()
+    return len({round(t.get_window_extent().y0) for t in texts})
+
+
+# The custom-scalars layout (written by summaries.write_layout).
+
+
+def test_layout_names_every_series_one_chart_per_question():
+    layout = summaries.layout()
+    charts = [chart for category in layout.category for chart in category.chart]
+    titles = [chart.title for chart in charts]
+    assert len(set(titles)) == len(titles) and all(titles)
+    # TensorBoard draws a category's margin charts after its multi-line
+    # ones: the step's norm chart (the first question) has its own, first.
+    first = layout.category[0]
+    assert [c.WhichOneof("content") for c in first.chart] == ["margin"]
+    (series,) = first.chart[0].margin.series
+    assert (series.value, series.lower, series.upper) == (
+        "gradients/applied_norm",
+        "gradients/applied_norm",
+        "gradients/global_norm",
+    )
+    assert "applied (line)" in first.chart[0].title
+    assert "before clipping" in first.chart[0].title
+    # Each multi-line chart names its lines (TensorBoard lists them, with
+    # their markers, under "Matches") and matches the tags the monitor writes.
+    written = {
+        "gradient norm per layer": "gradients/norm/rnn",
+        "gradient horizon per recurrent sublayer": "gradients/horizon/rnn/level_1",
+        "gradient norm per level": "gradients/depth_ratio/rnn/level_0",
+    }
+    for category in layout.category[1:]:
+        for chart in category.chart:
+            assert chart.WhichOneof("content") == "multiline"
+            assert chart.title.endswith("(lines named under Matches)")
+            (prefix,) = [p for p in written if chart.title.startswith(p)]
+            (regex,) = chart.multiline.tag
+            assert re.fullmatch(regex, written.pop(prefix))
+            assert not re.fullmatch(regex, "gradients/global_norm")
+    assert not written
+
+
+def test_write_layout_writes_the_layout_tensorboard_reads(tmp_path):
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        summaries.write_layout()
+    writer.close()
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    (event,) = accumulator.Tensors(custom_scalar_metadata.CONFIG_SUMMARY_TAG)
+    written = layout_pb2.Layout.FromString(tf.make_ndarray(event.tensor_proto).item())
+    assert written == summaries.layout()
