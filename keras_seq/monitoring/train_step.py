@@ -20,7 +20,9 @@ pops them before Keras sees the logs, so neither the progress bar nor
 """
 
 import contextlib
+import inspect
 import typing
+import warnings
 
 import keras
 import numpy as np
@@ -78,11 +80,13 @@ def monitored_step(training, data, record):
         )
         with recording as recorder, keras_rnn.probing(model, record):
             y_pred = model(x, training=True)
-        loss = model.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
+        loss = _compute_loss(model, x, y, y_pred, sample_weight)
         _update_loss_metric(model, loss, x)
         scaled_loss = model.optimizer.scale_loss(loss)
+    if not variables:
+        # As Keras's step: nothing to update (frozen model), a warning at
+        # trace time; the step still counts, and records dL/dh_t.
+        warnings.warn("The model does not have any trainable weights.", stacklevel=2)
     sources = list(variables)
     if record:
         for probe in recorder.probes:
@@ -124,18 +128,15 @@ def monitored_step(training, data, record):
         if not record:
             finite = _finite(_sum_replicas(_sums(weight_grads)))
         overflow = ~finite & ~bad & ~held
-        applied = ~held
-        if settings.hold:
-            _apply_if(applied, model.optimizer, weight_grads, variables)
-        else:
-            model.optimizer.apply(weight_grads, variables)
+        condition = ~held if settings.hold else None
     else:
         bad = ~finite
-        applied = finite & ~held if settings.guard else tf.constant(True)
-        if settings.guard:
-            _apply_if(applied, model.optimizer, weight_grads, variables)
-        else:
+        condition = finite & ~held if settings.guard else None
+    if variables:  # Keras's step applies nothing to a frozen model
+        if condition is None:
             model.optimizer.apply(weight_grads, variables)
+        else:
+            _apply_if(condition, model.optimizer, weight_grads, variables)
     _count(settings.counters, bad, overflow, held & ~bad, settings.hold)
     if statistics:
         statistics["held"] = tf.cast(held, tf.float32)
@@ -145,13 +146,26 @@ def monitored_step(training, data, record):
     return logs
 
 
+def _compute_loss(model, x, y, y_pred, sample_weight):
+    """`model.compute_loss` as Keras's step calls it: with `training=True`
+    when the method takes it (an override written for Keras 3.0-3.3 may
+    not)."""
+    kwargs = {}
+    if "training" in inspect.signature(model.compute_loss).parameters:
+        kwargs["training"] = True
+    return model.compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs
+    )
+
+
 def _update_loss_metric(model, loss, x):
-    # As Keras's own train_step: the metric shows the loss of the global batch.
+    # As Keras's own train_step: the metric shows the loss of the global
+    # batch. Keras lists its loss tracker first among `model.metrics`.
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     batch_size = tf.shape(next(i for i in tf.nest.flatten(x) if i is not None))[0]
-    for metric in model.metrics:
-        if metric.name == "loss":
-            metric.update_state(loss * replicas, sample_weight=batch_size)
+    tracker = next((m for m in model.metrics if m.name == "loss"), None)
+    if tracker is not None:
+        tracker.update_state(loss * replicas, sample_weight=batch_size)
 
 
 def _end_aligned(dh, mask):
@@ -254,7 +268,7 @@ def _sums(grads):
     # overflows float32 (an element above ~1.8e19) is as fatal as an Inf
     # (Adam's second moment becomes Inf, then Inf - Inf = NaN; clipnorm's
     # norm is Inf), so the guard treats it as non-finite.
-    return [
+    return [tf.constant(0.0)] + [
         tf.reduce_sum(tf.square(tf.cast(_values(g), tf.float32)))
         for g in grads
         if g is not None
@@ -293,6 +307,13 @@ def _loss_scale(optimizer):
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return tf.cast(optimizer.dynamic_scale, tf.float32)
     return tf.constant(float(optimizer.loss_scale_factor or 1.0))
+
+
+def _norms(grads):
+    """The norm of each gradient, `(len(grads),)` (empty for no weights)."""
+    if not grads:
+        return tf.zeros([0])
+    return tf.stack([tf.norm(g) for g in grads])
 
 
 def _values(grad):
@@ -344,7 +365,7 @@ def _clip_scales(optimizer, grads):
         return [clip / tf.maximum(tf.norm(g), clip) for g in grads]
     if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:
         clip = optimizer.global_clipnorm
-        norm = tf.norm(tf.stack([tf.norm(g) for g in grads]))
+        norm = tf.norm(_norms(grads))
         return [clip / tf.maximum(norm, clip)] * len(grads)
     if optimizer.clipvalue and optimizer.clipvalue > 0:
         return "value"
@@ -396,15 +417,11 @@ def _statistics(model, settings, loss, weight_grads, probe_grads, sublayer_probe
         }
     )
     grads = summed["grads"]
-    variable_norms = tf.stack([tf.norm(g) for g in grads])
+    variable_norms = _norms(grads)
     global_norm = tf.norm(variable_norms)
     finite = _finite(_sums(grads))
     applied = summed["applied"] or grads
-    applied_norm = (
-        tf.norm(tf.stack([tf.norm(g) for g in applied]))
-        if scales is not None
-        else global_norm
-    )
+    applied_norm = tf.norm(_norms(applied)) if scales is not None else global_norm
 
     projections = []
     if settings.contributions and sublayer_probes:

@@ -264,3 +264,35 @@ def test_an_interrupted_fit_leaves_keras_training_as_it_was(error):
     assert monitored.train_function.__qualname__ == plain.train_function.__qualname__
     for a, b in zip(monitored.get_weights(), plain.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+class _Trap(keras.layers.Layer):
+    """Raises while armed: inside the training step when it is traced."""
+
+    armed = False
+
+    def call(self, x):
+        if _Trap.armed:
+            raise KeyboardInterrupt
+        return x
+
+
+class _Arm(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        _Trap.armed = True  # after Keras's symbolic build, before the step
+
+
+def test_ctrl_c_inside_the_step_gives_keras_its_function_at_once():
+    x = np.random.RandomState(0).randn(8, T, F).astype("float32")
+    y = np.random.RandomState(1).randn(8, 2).astype("float32")
+    model = keras.Sequential([keras.Input((T, F)), _Trap(), keras.layers.SimpleRNN(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(x, y, verbose=0, callbacks=[_Arm(), GradientMonitor(every=1)])
+    finally:
+        _Trap.armed = False
+    # No later fit needed: the wrapper gave the function back on the way out.
+    assert "_strip_statistics" not in model.train_function.__qualname__
+    assert model.train_function.__qualname__.startswith("TensorFlowTrainer.")
+    model.fit(x, y, verbose=0)
