@@ -269,23 +269,40 @@ def _complete(args):
             + ", ".join(unknown),
             file=sys.stderr,
         )
-    import numpy as np
+    ranked = _next_words(model, vectorizer, " ".join(context), args.k, path)
+    width = max(len(word) for word, _ in ranked)
+    for word, probability in ranked:
+        print(f"{word:<{width}}  {probability:.3f}")
+    return 0
 
-    probabilities = keras.ops.convert_to_numpy(model(np.array([[" ".join(context)]])))
-    probabilities = np.asarray(probabilities, dtype=np.float64)[0]
-    if probabilities.shape != (len(vocabulary),):
+
+def _next_words(model, vectorizer, prompt, k, path):
+    """`keras_seq.data.next_words` on the network behind the model's
+    TextVectorization, given the ids the vectorizer makes of `prompt`: its
+    last `output_sequence_length` words, padded after them."""
+    import keras
+
+    import keras_seq.data
+
+    vocabulary = [str(word) for word in vectorizer.get_vocabulary()]
+    outputs = keras.tree.flatten(getattr(model, "outputs", None) or [])
+    if outputs and outputs[0].shape[-1] != len(vocabulary):
         raise _Failure(
             "complete",
-            f"{_shown(path)} outputs {probabilities.shape[0]} "
-            f"scores for {len(vocabulary)} words: not a next_word model",
+            f"{_shown(path)} outputs {outputs[0].shape[-1]} scores for "
+            f"{len(vocabulary)} words: not a next_word model",
         )
-    probabilities[:2] = -np.inf  # padding and "[UNK]" are not words
-    best = np.argsort(-probabilities, kind="stable")[: args.k]
-    best = best[np.isfinite(probabilities[best])]
-    width = max(len(vocabulary[i]) for i in best)
-    for i in best:
-        print(f"{vocabulary[i]:<{width}}  {probabilities[i]:.3f}")
-    return 0
+    network = keras.Sequential(model.layers[model.layers.index(vectorizer) + 1 :])
+    length = vectorizer.get_config().get("output_sequence_length")
+    try:
+        return keras_seq.data.next_words(
+            network, vocabulary, prompt, k=k, max_len=length, padding="post"
+        )
+    except ValueError as error:
+        message = " ".join(str(error).split())[:200]
+        raise _Failure(
+            "complete", f"{_shown(path)} is not a next_word model: {message}"
+        ) from None
 
 
 def _next_word_model(path):

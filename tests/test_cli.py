@@ -315,6 +315,33 @@ def test_complete_refuses_a_model_that_is_not_next_word(tmp_path, capsys):
     )
 
 
+def test_complete_refuses_a_text_model_with_the_wrong_output_size(tmp_path, capsys):
+    vectorizer = keras.layers.TextVectorization(output_sequence_length=3)
+    vectorizer.adapt(["break the ice", "once in a blue moon"])
+    model = keras.Sequential(
+        [
+            keras.Input((1,), dtype="string"),
+            vectorizer,
+            keras.Sequential(
+                [
+                    keras.Input((3,), dtype="int32"),
+                    keras.layers.Embedding(10, 2),
+                    keras.layers.GRU(2),
+                    keras.layers.Dense(5, activation="softmax"),
+                ]
+            ),
+        ]
+    )
+    model.save(tmp_path / "five.keras")
+    code = cli.main(["complete", "break the", "--model", str(tmp_path / "five.keras")])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"keras-seq complete: error: {tmp_path / 'five.keras'} outputs 5 "
+        f"scores for {len(vectorizer.get_vocabulary())} words: not a next_word "
+        "model\n"
+    )
+
+
 @pytest.mark.parametrize(
     "prompt, ending",
     [

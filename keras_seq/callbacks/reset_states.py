@@ -1,6 +1,7 @@
 import keras
 
 from keras_seq.data.truncated_bptt import TruncatedBPTT
+from keras_seq.models.walk import nested_layers
 
 
 class ResetStates(keras.callbacks.Callback):
@@ -12,7 +13,7 @@ class ResetStates(keras.callbacks.Callback):
 
     Every layer with `stateful=True` and a `reset_state()` method is reset
     (`SharedRNN` and Keras's `SimpleRNN`/`GRU`/`LSTM`/`RNN`, also inside a
-    `Bidirectional` or a nested model).
+    `Bidirectional`, a nested model or a subclassed layer).
 
     It also tells `data` which epoch begins, so that a shuffled
     `TruncatedBPTT` yields that epoch's group order.
@@ -108,23 +109,18 @@ class ResetStates(keras.callbacks.Callback):
 
 
 def stateful_layers(model):
-    """Every layer of `model` (nested models and wrappers included) with
-    `stateful=True` and a `reset_state()` method, outermost first."""
-    found, seen = [], set()
+    """Every layer of `model` (nested models, wrappers and the layers of
+    subclassed layers included) with `stateful=True` and a `reset_state()`
+    method, outermost first: a stateful `Bidirectional` is listed, not its
+    two directions, since it resets them itself."""
 
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if getattr(layer, "stateful", False) and hasattr(layer, "reset_state"):
-            found.append(layer)
-            return  # a Bidirectional resets both directions itself
-        for child in getattr(layer, "layers", None) or ():
-            visit(child)
-        inner = getattr(layer, "layer", None)  # other wrappers
-        if isinstance(inner, keras.layers.Layer):
-            visit(inner)
+    def resettable(layer):
+        return (
+            layer is not model
+            and getattr(layer, "stateful", False)
+            and hasattr(layer, "reset_state")
+        )
 
-    for layer in model.layers:
-        visit(layer)
-    return found
+    return [
+        layer for layer in nested_layers(model, stop=resettable) if resettable(layer)
+    ]

@@ -8,6 +8,7 @@ from keras_seq.data.idioms import (
     complete,
     load_idioms,
     next_word_dataset,
+    next_words,
 )
 from keras_seq.data.sunspots import load_sunspots
 from keras_seq.data.truncated_bptt import TruncatedBPTT
@@ -20,4 +21,5 @@ __all__ = [
     "load_idioms",
     "load_sunspots",
     "next_word_dataset",
+    "next_words",
 ]

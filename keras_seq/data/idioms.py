@@ -399,6 +399,69 @@ def complete(model, vocabulary, prompt, num_words=1, max_len=None, padding="pre"
     >>> word in vocabulary
     True
     """
+    ids = _prompt_ids(
+        model, vocabulary, prompt, "num_words", num_words, max_len, padding
+    )
+    predicted = []
+    for _ in range(num_words):
+        next_id = int(np.argmax(_next_scores(model, vocabulary, ids, max_len, padding)))
+        predicted.append(vocabulary[next_id])
+        ids.append(next_id)
+    return " ".join(predicted)
+
+
+def next_words(model, vocabulary, prompt, k=5, max_len=None, padding="pre"):
+    """The `k` most probable words to follow a prompt, with their scores.
+
+    The prompt is read as in `complete`; the model's output for it is
+    ranked, best first. Padding and `"[UNK]"` are never listed.
+
+    Args:
+        model: A `keras.Model` mapping `(batch, timesteps)` token ids to
+            `(batch, len(vocabulary))` next-word probabilities (or logits).
+        vocabulary: The list of words the model was trained with, as
+            returned by `next_word_dataset`: `vocabulary[0] == ""`,
+            `vocabulary[1] == "[UNK]"`.
+        prompt: String of one or more words.
+        k: Integer >= 1 (default 5), how many words to list.
+        max_len: Optional integer >= 1 (default None: the prompt's own
+            length). If set, the model sees the last `max_len` words, padded
+            to `max_len`, as in training.
+        padding: `"pre"` (default) or `"post"`, used with `max_len`.
+
+    Returns:
+        A list of at most `k` `(word, score)` pairs, best first: `score` is
+        the model's output for `word` (a probability for a softmax output).
+
+    Raises:
+        TypeError: if an argument has the wrong type.
+        ValueError: if `prompt` has no words, `vocabulary` does not start
+            with `""` and `"[UNK]"`, `k` or `max_len` < 1, `padding` is not
+            `"pre"` or `"post"`, or the model does not predict one value per
+            vocabulary word.
+
+    Example:
+
+    >>> import keras, keras_seq, keras_seq.data
+    >>> x, y, vocabulary = keras_seq.data.next_word_dataset()
+    >>> model = keras_seq.Sequential([
+    ...     keras.layers.Embedding(len(vocabulary), 8, mask_zero=True),
+    ...     keras_seq.layers.SharedRNN(16),
+    ...     keras.layers.Dense(len(vocabulary), activation="softmax"),
+    ... ])
+    >>> ranked = keras_seq.data.next_words(model, vocabulary, "break the", k=3)
+    >>> len(ranked), ranked[0][1] >= ranked[-1][1]
+    (3, True)
+    """
+    ids = _prompt_ids(model, vocabulary, prompt, "k", k, max_len, padding)
+    scores = _next_scores(model, vocabulary, ids, max_len, padding)
+    best = np.argsort(-scores, kind="stable")[:k]
+    return [(vocabulary[i], float(scores[i])) for i in best if np.isfinite(scores[i])]
+
+
+def _prompt_ids(model, vocabulary, prompt, count_name, count, max_len, padding):
+    """Checks the arguments of `complete` and `next_words` (`count` is
+    `num_words` or `k`) and returns the prompt's token ids."""
     if not isinstance(model, keras.Model):
         raise TypeError(
             "Argument `model` must be a `keras.Model` (for example a "
@@ -411,7 +474,7 @@ def complete(model, vocabulary, prompt, num_words=1, max_len=None, padding="pre"
             "Argument `prompt` must be a string. "
             f"Received: prompt={prompt!r} (of type {type(prompt).__name__})"
         )
-    validation.check_positive_int("num_words", num_words)
+    validation.check_positive_int(count_name, count)
     if max_len is not None:
         validation.check_positive_int("max_len", max_len)
     validation.check_choice("padding", padding, _PADDINGS)
@@ -421,35 +484,35 @@ def complete(model, vocabulary, prompt, num_words=1, max_len=None, padding="pre"
             "Argument `prompt` must contain at least one word. "
             f"Received: prompt={prompt!r}"
         )
-
     lookup = keras.layers.StringLookup(
         vocabulary=list(vocabulary[2:]),
         mask_token=_PADDING_TOKEN,
         oov_token=_OOV_TOKEN,
     )
-    ids = np.asarray(lookup(words)).tolist()
-    predicted = []
-    for _ in range(num_words):
-        context = ids if max_len is None else ids[-max_len:]
-        x = keras.utils.pad_sequences(
-            [context],
-            maxlen=max_len or len(context),
-            dtype="int32",
-            padding=padding,
+    return np.asarray(lookup(words)).tolist()
+
+
+def _next_scores(model, vocabulary, ids, max_len, padding):
+    """The model's scores for the word after `ids`, one per vocabulary word,
+    with padding and "[UNK]" at -inf."""
+    context = ids if max_len is None else ids[-max_len:]
+    x = keras.utils.pad_sequences(
+        [context],
+        maxlen=max_len or len(context),
+        dtype="int32",
+        padding=padding,
+    )
+    scores = np.array(keras.ops.convert_to_numpy(model.predict_on_batch(x)))
+    if scores.shape != (1, len(vocabulary)):
+        raise ValueError(
+            f"The model must output one score per vocabulary word, shape "
+            f"(1, {len(vocabulary)}) for one prompt, but it output shape "
+            f"{scores.shape}. Pass the `vocabulary` of the dataset the "
+            "model was built for."
         )
-        scores = np.array(keras.ops.convert_to_numpy(model.predict_on_batch(x)))
-        if scores.shape != (1, len(vocabulary)):
-            raise ValueError(
-                f"The model must output one score per vocabulary word, shape "
-                f"(1, {len(vocabulary)}) for one prompt, but it output shape "
-                f"{scores.shape}. Pass the `vocabulary` of the dataset the "
-                "model was built for."
-            )
-        scores[0, :2] = -np.inf  # never predict padding or "[UNK]"
-        next_id = int(np.argmax(scores[0]))
-        predicted.append(vocabulary[next_id])
-        ids.append(next_id)
-    return " ".join(predicted)
+    scores = scores[0]
+    scores[:2] = -np.inf  # never predict padding or "[UNK]"
+    return scores
 
 
 def _split_words(text):

@@ -11,9 +11,9 @@
 """
 
 from keras_seq.depth.fit import fit_reducing_depth
-from keras_seq.depth.levels import Level, recurrent_levels
 from keras_seq.depth.reduce import DepthReduction, reduce_depth
 from keras_seq.depth.suggest import DepthPlan, suggest_depth
+from keras_seq.models.levels import Level, recurrent_levels
 
 __all__ = [
     "DepthPlan",

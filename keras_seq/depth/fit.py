@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 
 from keras_seq import _validation as validation
-from keras_seq.depth.levels import recurrent_levels
+from keras_seq.callbacks import GradientMonitor
 from keras_seq.depth.reduce import reduce_depth
 from keras_seq.depth.suggest import METHODS, suggest_depth
+from keras_seq.models.levels import recurrent_levels
 
 _STAGE_COLUMNS = [
     "stage",
@@ -114,8 +115,6 @@ def fit_reducing_depth(
     >>> list(stages.columns)[:3]
     ['stage', 'depth', 'parameters']
     """
-    from keras_seq.callbacks import GradientMonitor
-
     validation.check_positive_int("epochs", epochs)
     validation.check_positive_int("min_depth", min_depth)
     validation.check_positive_int("patience", patience)

@@ -16,21 +16,21 @@ import numpy as np
 import tensorflow as tf
 
 from keras_seq import _validation as validation
-from keras_seq.depth.levels import (
+from keras_seq.layers import probes
+from keras_seq.layers.shared_rnn import SharedRNN
+from keras_seq.models.levels import (
     check_model,
     directions,
     level_variables,
-    ordered_layers,
     recurrent_core,
     recurrent_levels,
     resolve,
     sequence_input,
     single_stack,
 )
-from keras_seq.layers import probes
-from keras_seq.layers.shared_rnn import SharedRNN
 from keras_seq.models.model import Model
 from keras_seq.models.sequential import Sequential
+from keras_seq.models.walk import ordered_layers
 
 REINITIALISED = "reinitialised"
 LEAST_SQUARES = "least squares"
@@ -134,7 +134,7 @@ def reduce_depth(
     """A new model with fewer recurrent levels; `model` is left unchanged.
 
     A level is one recurrent sublayer (see
-    `keras_seq.depth.levels.recurrent_levels`). Give either the number of
+    `keras_seq.depth.recurrent_levels`). Give either the number of
     levels to keep (`depth`) or the levels to remove (`drop`). Without a
     plan, `depth` keeps the top level and the bottom `depth - 1` levels, and
     drops the levels just below the top one: the layers above the stack were

@@ -23,13 +23,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_seq.depth.levels import (
-    directions,
-    ordered_layers,
-    recurrent_core,
-    sequence_input,
-    single_stack,
-)
 from keras_seq.depth.reduce import (
     _PASS_THROUGH,
     RIDGE,
@@ -37,6 +30,13 @@ from keras_seq.depth.reduce import (
     _without_build_config,
 )
 from keras_seq.layers.shared_rnn import SharedRNN
+from keras_seq.models.levels import (
+    directions,
+    recurrent_core,
+    sequence_input,
+    single_stack,
+)
+from keras_seq.models.walk import ordered_layers
 
 
 class Unsupported(Exception):

@@ -9,16 +9,18 @@ import numpy as np
 import pandas as pd
 
 from keras_seq import _validation as validation
-from keras_seq.depth.levels import (
+from keras_seq.callbacks import GradientMonitor
+from keras_seq.depth.reduce import _run, check_rows, reduce_depth
+from keras_seq.depth.search import CandidateLosses, Unsupported, angular_distance
+from keras_seq.layers.shared_rnn import SharedRNN
+from keras_seq.models import Model, Sequential
+from keras_seq.models.levels import (
     check_model,
     directions,
     recurrent_core,
     recurrent_levels,
     sequence_input,
 )
-from keras_seq.depth.reduce import _run, check_rows, reduce_depth
-from keras_seq.depth.search import CandidateLosses, Unsupported, angular_distance
-from keras_seq.layers.shared_rnn import SharedRNN
 
 METHODS = ("auto", "ablation", "similarity", "gradient", "last")
 
@@ -180,8 +182,6 @@ def suggest_depth(
     >>> len(plan.drop)
     1
     """
-    from keras_seq.callbacks import GradientMonitor
-
     check_model(model)
     validation.check_choice("method", method, METHODS)
     validation.check_positive_int("batch_size", batch_size)
@@ -639,9 +639,6 @@ def _layer_outputs(model, x, batch_size, layer):
 def _gradient_run(model, x, y, batch_size, steps):
     """A GradientMonitor run for `steps` batches on a copy of the model that
     does not move (zero learning rate)."""
-    from keras_seq.callbacks import GradientMonitor
-    from keras_seq.models import Model, Sequential
-
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     if isinstance(model, keras.Sequential):

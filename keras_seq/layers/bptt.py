@@ -9,9 +9,11 @@ Everything here works on one recurrent sublayer in time-major layout:
 autodiff gives dW, db and dx from dL/dxw; this module only owns the loop.
 The backward pass is a reverse loop that carries the total dL/dh_t back
 through time doing one (batch, units) x (units, units) matmul per step, and
-forms dU as one contraction after the loop. That keeps training time linear
-in the sequence length, where TensorFlow's automatic gradient of a
-`tf.while_loop` is not (see FIELD_NOTES).
+forms dU as one contraction after the loop. That keeps training time close
+to linear in the sequence length, where TensorFlow's automatic gradient of a
+`tf.while_loop` grows superlinearly on long sequences whose input needs a
+gradient (`benchmarks/rnn_speed.py` measures both; the README's "Training
+speed and memory" section has its numbers).
 
 Monitoring reads two exact by-products of that pass:
 - `probe` (zeros, shape of the output; never anything else, since the

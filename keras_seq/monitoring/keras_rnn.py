@@ -34,7 +34,8 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_seq.layers import probes
+from keras_seq.layers import SharedRNN, probes
+from keras_seq.models.walk import nested_layers
 
 # Elements of one layer's per-step recurrent-kernel probe (4 bytes each):
 # above this the layer's contributions are not computed.
@@ -91,41 +92,19 @@ def recurrent_layers(model):
     """Every recurrent layer reachable from `model`, depth first: Keras's
     `RNN` layers (including keras_seq's `SharedRNN`) and the two directions
     of each `Bidirectional`, each once."""
-    found, seen = [], set()
+    return [layer for layer in nested_layers(model, stop=_is_rnn) if _is_rnn(layer)]
 
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, keras.layers.Bidirectional):
-            visit(layer.forward_layer)
-            visit(layer.backward_layer)
-            return
-        if isinstance(layer, keras.layers.RNN):
-            found.append(layer)
-            return
-        children = list(getattr(layer, "layers", None) or [])
-        if isinstance(layer, keras.layers.Wrapper):
-            children.append(layer.layer)
-        # Layers a subclassed layer keeps as attributes (or in lists).
-        for value in vars(layer).values():
-            values = value if isinstance(value, (list, tuple)) else [value]
-            children += [v for v in values if isinstance(v, keras.layers.Layer)]
-        for child in children:
-            visit(child)
 
-    visit(model)
-    return found
+def _is_rnn(layer):
+    return isinstance(layer, keras.layers.RNN)
 
 
 def probeable(layer):
     """Whether `probing` gives `layer` per-step data (a Keras RNN layer
     with a SimpleRNN, GRU or LSTM cell and plain tensor inputs)."""
-    from keras_seq.layers import SharedRNN  # has its own probes
-
     return (
         isinstance(layer, keras.layers.RNN)
-        and not isinstance(layer, SharedRNN)
+        and not isinstance(layer, SharedRNN)  # has its own probes
         and isinstance(layer.cell, _CELLS)
     )
 
@@ -133,8 +112,6 @@ def probeable(layer):
 def has_timestep_data(layer):
     """Whether the monitor records per-step data for `layer`: a
     `keras_seq.layers.SharedRNN` (its own probes) or a `probeable` one."""
-    from keras_seq.layers import SharedRNN
-
     return isinstance(layer, SharedRNN) or probeable(layer)
 
 

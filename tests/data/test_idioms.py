@@ -4,7 +4,7 @@ import pytest
 
 import keras_seq
 import keras_seq.data
-from keras_seq.data import complete, load_idioms, next_word_dataset
+from keras_seq.data import complete, load_idioms, next_word_dataset, next_words
 
 
 def decode(ids, vocabulary):
@@ -51,6 +51,7 @@ def test_all_matches_public_names():
             "load_idioms",
             "load_sunspots",
             "next_word_dataset",
+            "next_words",
         ]
     )
     for name in keras_seq.data.__all__:
@@ -187,3 +188,52 @@ def test_complete_rejects_a_vocabulary_the_model_was_not_built_for(tiny_model):
     vocabulary, model = tiny_model
     with pytest.raises(ValueError, match="one score per vocabulary word"):
         complete(model, vocabulary + ["extra"], "break the")
+
+
+def test_next_words_ranks_the_models_scores_best_first(tiny_model):
+    vocabulary, model = tiny_model
+    ranked = next_words(model, vocabulary, "Feeling under", k=10)
+    # Four words besides padding and "[UNK]", which are never listed.
+    assert len(ranked) == 4
+    assert {word for word, _ in ranked} == set(vocabulary[2:])
+    ids = [[vocabulary.index("feeling"), vocabulary.index("under")]]
+    expected = keras.ops.convert_to_numpy(model(np.array(ids)))[0]
+    for word, score in ranked:
+        np.testing.assert_allclose(score, expected[vocabulary.index(word)], 1e-6)
+    scores = [score for _, score in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert next_words(model, vocabulary, "Feeling under", k=2) == ranked[:2]
+    best = next_words(model, vocabulary, "feeling under", k=1)[0][0]
+    assert best == complete(model, vocabulary, "feeling under")
+
+
+def test_next_words_pads_the_last_max_len_words_as_asked(tiny_model):
+    vocabulary, model = tiny_model
+    for padding in ("pre", "post"):
+        ids = keras.utils.pad_sequences(
+            [[vocabulary.index("the")]], maxlen=3, padding=padding
+        )
+        expected = keras.ops.convert_to_numpy(model(ids))[0]
+        ((word, score),) = next_words(
+            model, vocabulary, "under the", k=1, max_len=1, padding=padding
+        )
+        assert word == vocabulary[2 + int(np.argmax(expected[2:]))]
+        np.testing.assert_allclose(score, expected[vocabulary.index(word)], 1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"k": 0}, ValueError, "`k` must be an integer >= 1. Received: k=0"),
+        ({"k": "3"}, TypeError, "`k` must be an integer >= 1"),
+        ({"prompt": " ,! "}, ValueError, "`prompt` must contain at least one word"),
+        ({"vocabulary": ["a", "b", "c"]}, ValueError, 'padding token ""'),
+    ],
+)
+def test_next_words_rejects_bad_arguments(tiny_model, kwargs, error, match):
+    vocabulary, model = tiny_model
+    arguments = {"model": model, "vocabulary": vocabulary, "prompt": "break the"}
+    with pytest.raises(error, match=match):
+        next_words(**{**arguments, **kwargs})
+    with pytest.raises(ValueError, match="one score per vocabulary word"):
+        next_words(model, vocabulary + ["extra"], "break the")

@@ -4,6 +4,10 @@ A *level* is one recurrent sublayer: each of the `depth` sublayers of a
 `keras_seq.layers.SharedRNN`, each `keras.layers.SimpleRNN`, `GRU` and `LSTM`,
 and each of these wrapped in `keras.layers.Bidirectional` (both directions
 form one level). Levels are listed bottom (input side) to top.
+
+The model's structure only (no training, no callbacks): `keras_seq.depth`
+removes levels, `keras_seq.callbacks.GradientMonitor` reads the stack it
+monitors. `keras_seq.depth` exports `Level` and `recurrent_levels`.
 """
 
 import dataclasses
@@ -12,6 +16,7 @@ import math
 import keras
 
 from keras_seq.layers.shared_rnn import SharedRNN
+from keras_seq.models.walk import ordered_layers
 
 # Keras's own recurrent layers with one recurrent sublayer each.
 _BUILT_IN = (keras.layers.SimpleRNN, keras.layers.GRU, keras.layers.LSTM)
@@ -70,7 +75,7 @@ def recurrent_levels(model):
         model: A built Sequential or functional `keras.Model`.
 
     Returns:
-        A list of `keras_seq.depth.levels.Level`, bottom to top.
+        A list of `keras_seq.depth.Level`, bottom to top.
 
     Raises:
         TypeError: `model` is not a `keras.Model`.
@@ -80,7 +85,7 @@ def recurrent_levels(model):
     Example:
 
     >>> import keras, keras_seq
-    >>> from keras_seq.depth.levels import recurrent_levels
+    >>> from keras_seq.models.levels import recurrent_levels
     >>> model = keras_seq.Sequential([
     ...     keras.Input((None, 4)),
     ...     keras_seq.layers.SharedRNN(8, depth=2, return_sequences=True),
@@ -122,7 +127,7 @@ def single_stack(model, levels):
     Example:
 
     >>> import keras
-    >>> from keras_seq.depth.levels import recurrent_levels, single_stack
+    >>> from keras_seq.models.levels import recurrent_levels, single_stack
     >>> inputs = keras.Input((None, 4))
     >>> a = keras.layers.LSTM(4)(inputs)
     >>> b = keras.layers.GRU(4)(inputs)
@@ -151,7 +156,7 @@ def resolve_levels(levels, names):
             name alone (`"lstm"`).
 
     Returns:
-        A list of `keras_seq.depth.levels.Level`, bottom to top.
+        A list of `keras_seq.depth.Level`, bottom to top.
 
     Raises:
         TypeError: `names` is a string or not a list of strings.
@@ -162,7 +167,7 @@ def resolve_levels(levels, names):
     Example:
 
     >>> import keras
-    >>> from keras_seq.depth.levels import recurrent_levels, resolve_levels
+    >>> from keras_seq.models.levels import recurrent_levels, resolve_levels
     >>> model = keras.Sequential([
     ...     keras.Input((None, 4)),
     ...     keras.layers.LSTM(4, return_sequences=True, name="low"),
@@ -250,18 +255,6 @@ def is_functional(model):
     # Functional models are `keras.ops.Function`s: they list `operations`;
     # subclassed models do not.
     return not isinstance(model, keras.Sequential) and hasattr(model, "operations")
-
-
-def ordered_layers(model):
-    """Top-level layers (not inputs, not bare ops) in topological order."""
-    if isinstance(model, keras.Sequential):
-        return list(model.layers)
-    return [
-        op
-        for op in model.operations
-        if isinstance(op, keras.layers.Layer)
-        and not isinstance(op, keras.layers.InputLayer)
-    ]
 
 
 def recurrent_core(layer):

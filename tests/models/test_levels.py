@@ -6,13 +6,13 @@ import pytest
 import tensorflow as tf
 
 import keras_seq
-from keras_seq.depth.levels import (
+from keras_seq.layers import probes
+from keras_seq.models.levels import (
     Level,
     recurrent_levels,
     resolve_levels,
     single_stack,
 )
-from keras_seq.layers import probes
 
 
 def _stack():
