@@ -15,13 +15,15 @@ Cases, each in a fresh process that prints its own numbers as one JSON
 line (the parent's view of a child's RSS would be the wrong process):
 
 - `none`: no monitor;
-- `capped`: `GradientMonitor(every=1)` with its default in-memory cap: per-
-  time-step rows beyond `keras_seq.callbacks.gradient_monitor.
-  MAX_TIMESTEP_ROWS` (200,000) are spilled to Parquet in a temporary
-  directory;
-- `uncapped`: the same with that module constant raised above the run's
-  2,000,000 rows (patched in the child), i.e. every row kept in memory:
-  what the cap saves.
+- `capped`: `GradientMonitor(every=1)` with its default in-memory caps
+  (`keras_seq.callbacks.records`: 200,000 per-time-step rows, 2,000
+  `to_frame()` rows, 20,000 variable rows; older rows spilled to Parquet in
+  temporary directories);
+- `log_dir`: the same with a `log_dir` (a temporary directory): the
+  per-time-step rows beyond the cap are read back from the crash journal,
+  one copy on disk;
+- `uncapped`: the caps raised above the run's rows (patched in the child),
+  i.e. every row kept in memory: what the caps save.
 
 After `fit`, the monitored cases also time `monitor.timestep_frame()` and
 check that it has 10,000 x 2 sublayers x 100 time steps = 2,000,000 rows.
@@ -29,8 +31,8 @@ check that it has 10,000 x 2 sublayers x 100 time steps = 2,000,000 rows.
 The growth reported is VmRSS at the end of `fit` minus VmRSS after step
 1,000 (tracing, the first allocations and TensorFlow's own warm-up are
 before it). What grows under the monitor besides the per-time-step rows:
-`records` (one dict per recorded step), the per-variable norms
-(`variable_frame()`) and the epoch's decay curves; these are not capped.
+nothing else: the verdicts keep a bounded window, the epoch's decay curve
+is a running mean.
 
 How to run (about 4 minutes on 2 idle CPU cores: three children, each a
 10,000-step fit; `--steps 2000` for a 1-minute smoke run):
@@ -54,8 +56,9 @@ POOL_BATCHES = 64  # distinct batches, repeated
 SAMPLE_EVERY = 1_000  # steps between RSS samples (and steps per epoch)
 CASES = {
     "none": "no monitor",
-    "capped": "GradientMonitor(every=1), default cap (spills to Parquet)",
-    "uncapped": "GradientMonitor(every=1), cap lifted (all rows in memory)",
+    "capped": "GradientMonitor(every=1), default caps (spills to Parquet)",
+    "log_dir": "GradientMonitor(every=1, log_dir=...), default caps (journal)",
+    "uncapped": "GradientMonitor(every=1), caps lifted (all rows in memory)",
 }
 
 
@@ -74,7 +77,7 @@ def child(case, steps):
     import tensorflow as tf
 
     import keras_seq
-    from keras_seq.callbacks import gradient_monitor
+    from keras_seq.callbacks import records
 
     class RSSSampler(keras.callbacks.Callback):
         """VmRSS after 1 step, every SAMPLE_EVERY steps and at train end."""
@@ -105,7 +108,9 @@ def child(case, steps):
             self.times[self.steps] = time.perf_counter() - self.start
 
     if case == "uncapped":
-        gradient_monitor.MAX_TIMESTEP_ROWS = 10 * steps * DEPTH * TIMESTEPS
+        records.MAX_TIMESTEP_ROWS = 10 * steps * DEPTH * TIMESTEPS
+        records.MAX_RECORDS = 10 * steps
+        records.MAX_VARIABLE_ROWS = 100 * steps
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((POOL_BATCHES * BATCH, TIMESTEPS, FEATURES), "float32")
@@ -123,7 +128,12 @@ def child(case, steps):
     callbacks = [sampler]
     monitor = None
     if case != "none":
-        monitor = keras_seq.callbacks.GradientMonitor(every=1)
+        log_dir = None
+        if case == "log_dir":
+            import tempfile
+
+            log_dir = tempfile.mkdtemp(prefix="keras_seq_memory_")
+        monitor = keras_seq.callbacks.GradientMonitor(every=1, log_dir=log_dir)
         callbacks.insert(0, monitor)
     rss_before_fit = rss_mb()
     began = time.perf_counter()
@@ -145,10 +155,10 @@ def child(case, steps):
         "rss_mb": {str(k): v for k, v in sorted(sampler.samples.items())},
         "seconds_at": {str(k): v for k, v in sorted(sampler.times.items())},
         "peak_rss_mb": rss_mb("VmHWM"),
-        "max_timestep_rows": gradient_monitor.MAX_TIMESTEP_ROWS,
+        "max_timestep_rows": records.MAX_TIMESTEP_ROWS,
     }
     if monitor is not None:
-        store = getattr(monitor, "_store", None)  # private: only for the report
+        store = monitor._records.store  # private: only for the report
         result["spilled_rows"] = None if store is None else store.spilled_rows
         result["records"] = len(monitor.records)
         began = time.perf_counter()

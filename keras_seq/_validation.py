@@ -5,6 +5,7 @@ in Keras's own wording: ``Argument `units` must be ... Received: units=0``.
 """
 
 import numbers
+import os
 
 import keras
 
@@ -34,6 +35,41 @@ def check_rate(name, value):
     if not 0.0 <= value < 1.0:
         raise ValueError(
             f"Argument `{name}` must be a float in [0, 1). Received: {name}={value}"
+        )
+
+
+def check_fraction(name, value):
+    """A number in the open interval (0, 1)."""
+    check_rate(name, value)
+    if value == 0:
+        raise ValueError(
+            f"Argument `{name}` must be a float in (0, 1). Received: {name}={value}"
+        )
+
+
+def check_factor(name, value):
+    """A number > 1 (a growth factor)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 1:
+        raise ValueError(
+            f"Argument `{name}` must be a number > 1. Received: {name}={value!r}"
+        )
+
+
+def check_positive_or_none(name, value):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a positive number or None. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def check_path_or_none(name, value):
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"Argument `{name}` must be a path (str or os.PathLike) or None. "
+            f"Received: {name}={value!r}"
         )
 
 

@@ -1,25 +1,19 @@
-import collections
+import functools
 import os
 import pathlib
-import warnings
 
 import keras
 import numpy as np
-import pandas as pd
-import pyarrow.compute as pa_compute
 import tensorflow as tf
 
-from keras_seq import _multiworker, diagnostics, monitoring
-from keras_seq import _validation as validation
-from keras_seq.callbacks import figures, journal, summaries
-from keras_seq.callbacks.reset_states import stateful_layers
-from keras_seq.callbacks.timestep_store import TimestepStore
+import keras_seq._multiworker as _multiworker
+import keras_seq._validation as validation
+import keras_seq.diagnostics as diagnostics
+import keras_seq.monitoring as monitoring
+from keras_seq.callbacks import figures, journal, notices, records, summaries
 
 _ON_NAN = ("stop", "skip", "warn")
-_TIMESTEP_COLUMNS = ("grad_norm", "contribution", "valid_fraction", "cell_grad_norm")
-# Per-time-step rows kept in memory; beyond them rows go to Parquet parts
-# (under log_dir, else a temporary directory) and are read back on demand.
-MAX_TIMESTEP_ROWS = 200_000
+_TIMESTEP_COLUMNS = records.TIMESTEP_COLUMNS
 _ON_EXPLODE = ("warn", "stop")
 
 
@@ -143,6 +137,13 @@ class GradientMonitor(keras.callbacks.Callback):
             through depth" (see `keras_seq.diagnostics.DepthDiagnosis`).
         depth_exploding_ratio: Default 1e2, the same upwards: "exploding
             through depth".
+        epoch_logs: Default True. Add a one-line summary to Keras's epoch
+            logs, so the progress bar, `History` and
+            `keras.callbacks.TensorBoard` (listed after the monitor) show
+            it: `grad_norm`, the mean global gradient norm of the epoch's
+            recorded steps, and `grad_horizon`, the latest horizon of the
+            recurrent sublayer nearest the loss (see `report()`). False
+            leaves the logs as Keras made them.
 
     What it cannot see it says: a model without a recurrent layer, or with
     recurrent layers that get no per-step data (other cells, stacked cells),
@@ -157,6 +158,9 @@ class GradientMonitor(keras.callbacks.Callback):
         loss_scale_skips: of those, the updates a
             `keras.optimizers.LossScaleOptimizer` skipped because its scaled
             gradients overflowed (routine under mixed precision).
+        held_steps: of those, the updates withheld after a non-finite step
+            under `on_nan="stop"` until the fit stopped (at most `every`
+            steps, or up to the epoch's end).
 
     Raises:
         TypeError: when attached to something that is not a Keras model, or
@@ -192,50 +196,20 @@ class GradientMonitor(keras.callbacks.Callback):
         explode_threshold=None,
         depth_vanishing_ratio=diagnostics.depth.VANISHING_RATIO,
         depth_exploding_ratio=diagnostics.depth.EXPLODING_RATIO,
+        epoch_logs=True,
     ):
         validation.check_positive_int("every", every)
+        validation.check_bool("epoch_logs", epoch_logs)
         validation.check_choice("on_nan", on_nan, _ON_NAN)
         validation.check_choice("on_explode", on_explode, _ON_EXPLODE)
         validation.check_bool("histograms", histograms)
         validation.check_bool("contributions", contributions)
-        for name, value in (
-            ("horizon_fraction", horizon_fraction),
-            ("vanishing_ratio", vanishing_ratio),
-        ):
-            validation.check_rate(name, value)
-            if value == 0:
-                raise ValueError(
-                    f"Argument `{name}` must be a float in (0, 1). "
-                    f"Received: {name}={value}"
-                )
-        if explode_threshold is not None and (
-            isinstance(explode_threshold, bool)
-            or not (
-                isinstance(explode_threshold, (int, float)) and explode_threshold > 0
-            )
-        ):
-            raise ValueError(
-                "Argument `explode_threshold` must be a positive number or "
-                f"None. Received: explode_threshold={explode_threshold!r}"
-            )
-        for name, value, allowed in (
-            ("exploding_ratio", exploding_ratio, "> 1"),
-            ("explode_jump", explode_jump, "> 1"),
-            ("depth_vanishing_ratio", depth_vanishing_ratio, "in (0, 1)"),
-            ("depth_exploding_ratio", depth_exploding_ratio, "> 1"),
-        ):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            ok = ok and (0 < value < 1 if allowed == "in (0, 1)" else value > 1)
-            if not ok:
-                raise ValueError(
-                    f"Argument `{name}` must be a number {allowed}. "
-                    f"Received: {name}={value!r}"
-                )
-        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-            raise TypeError(
-                "Argument `log_dir` must be a path (str or os.PathLike) or None. "
-                f"Received: log_dir={log_dir!r}"
-            )
+        for name in ("horizon_fraction", "vanishing_ratio", "depth_vanishing_ratio"):
+            validation.check_fraction(name, locals()[name])
+        for name in ("exploding_ratio", "explode_jump", "depth_exploding_ratio"):
+            validation.check_factor(name, locals()[name])
+        validation.check_positive_or_none("explode_threshold", explode_threshold)
+        validation.check_path_or_none("log_dir", log_dir)
         super().__init__()
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.every = every
@@ -250,27 +224,30 @@ class GradientMonitor(keras.callbacks.Callback):
         self.explode_threshold = explode_threshold
         self.depth_vanishing_ratio = depth_vanishing_ratio
         self.depth_exploding_ratio = depth_exploding_ratio
-        self.records = []
+        self.epoch_logs = epoch_logs
         self.skipped_steps = 0
         self.loss_scale_skips = 0
-        self._store = None  # TimestepStore of the per-time-step rows
-        # sublayer -> the mean of this epoch's norms by steps back
-        self._epoch_decay = {}
-        self._variable_norms = []  # (step, norms in trainable_variables order)
+        self.held_steps = 0
+        self._records = records.GradientRecords(
+            records.Thresholds(
+                horizon_fraction,
+                vanishing_ratio,
+                exploding_ratio,
+                explode_jump,
+                explode_threshold,
+                depth_vanishing_ratio,
+                depth_exploding_ratio,
+            ),
+            directory=self._spill_directory,
+        )
         self._nonfinite = None
-        self._exploding_steps = []
-        self._exploding_evidence = {}  # step -> why it was exploding
         self._exploding_before = False  # the previous record exploded
         self._blind = ()  # report lines: what the monitor cannot see
         self._blind_model = None  # the model `_blind` describes
         self._overflows_seen = 0
         self._held_seen = 0  # updates withheld after a non-finite step
         self._recording = False  # the running execution records
-        self._latest = {}  # sublayer -> SublayerDiagnosis of the last records
-        self._recent = {}  # sublayer -> deque of its last records' diagnoses
-        self._latest_depth = None  # DepthDiagnosis of the last record
         self._model_first_record = 0  # records before it: earlier models
-        self._levels = None  # the model's recurrent levels, one stack, or []
         self._summaries = None  # summaries.GradientSummaries, with a log_dir
         self._counters = None
         self._counters_model = None
@@ -279,7 +256,6 @@ class GradientMonitor(keras.callbacks.Callback):
         self._unprobed_checked = None  # the model checked for unprobed layers
         self._next_step = 0  # index of the next training step
         self._bad_seen = 0  # non-finite steps already reported
-        self._epoch = 0
         self._journal = None  # journal.Journal, with a log_dir
         self._starting = False  # a fit began; its first batch not yet
         self._fits_on_model = 0
@@ -288,6 +264,18 @@ class GradientMonitor(keras.callbacks.Callback):
         # Set by keras_seq.depth.fit_reducing_depth, which moves the monitor
         # to each shallower model on purpose: no warning then.
         self._moving = False
+
+    def _spill_directory(self):
+        return (
+            None if self.log_dir is None else pathlib.Path(self.log_dir) / "gradients"
+        )
+
+    @property
+    def records(self):
+        """The rows of `to_frame()`, one dict per recorded step: a sequence
+        in bounded memory (the last `records.MAX_RECORDS` rows in memory,
+        older ones read back from Parquet parts)."""
+        return self._records.rows
 
     @property
     def log_dir(self):
@@ -335,7 +323,7 @@ class GradientMonitor(keras.callbacks.Callback):
                 and len(self.records) > (self._model_first_record)
                 and not self._moving
             ):
-                _warn(
+                notices.warn(
                     "GradientMonitor: this monitor recorded another model "
                     f"({self._counters_model.name!r}) and is now attached to "
                     f"{model.name!r}. Its frames go on (new rows, step numbers "
@@ -345,11 +333,8 @@ class GradientMonitor(keras.callbacks.Callback):
             self._fits_on_model = 0
             self._models_seen += 1
             self._counters_model = model
-            self._levels = None  # found at the first record, once built
-            self._latest, self._latest_depth = {}, None  # the old model's
-            self._recent = {}
+            self._records.new_model()
             self._exploding_before = False
-            # Another model's norms are no baseline for the jump rule.
             self._model_first_record = len(self.records)
             if self._training is not None:
                 self._training.uninstall()
@@ -370,7 +355,7 @@ class GradientMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.log_dir is not None:
-            _check_writable(self.log_dir)
+            notices.check_writable(self.log_dir)
         self._training.install()
         self._fit += 1
         counters = self._counters.numpy()
@@ -383,8 +368,7 @@ class GradientMonitor(keras.callbacks.Callback):
         self._starting = True
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._epoch_decay = {}
+        self._records.new_epoch(epoch)
 
     def _begin_fit(self):
         """Set the step of the fit's first batch, once every callback's
@@ -394,6 +378,17 @@ class GradientMonitor(keras.callbacks.Callback):
         a monitor with a `log_dir` holding an earlier run's journal resumes
         it (see `keras_seq.callbacks.journal`)."""
         self._starting = False
+        if (
+            self.log_dir is not None
+            and self._records.store is None
+            and self._records.timestep_backing is None
+        ):
+            # The journal keeps every per-time-step row: the store reads
+            # them back from there instead of writing a second copy.
+            state = pathlib.Path(self.log_dir) / "gradients" / journal.STATE_DIR
+            self._records.timestep_backing = functools.partial(
+                journal.timestep_tables, state
+            )
         iterations = _iterations(self.model)
         step, bad = self._next_step, self._bad_seen
         purge = None  # where readers drop earlier data; None: at `step`
@@ -436,8 +431,10 @@ class GradientMonitor(keras.callbacks.Callback):
         it recorded before the step `iterations` stands for, and return that
         step, the count of non-finite steps before it and True; `default`
         and False when there is nothing to take over."""
-        directory = pathlib.Path(self.log_dir) / "gradients"
-        history = journal.load(directory / journal.STATE_DIR)
+        state = pathlib.Path(self.log_dir) / "gradients" / journal.STATE_DIR
+        history = journal.load(state, timesteps=False)
+        if any("rows" not in line for line in history.records):
+            history = journal.load(state)  # a journal older than row counts
         step = history.resume_step(iterations)
         if step is None or history.shapes != _shapes(self.model):
             # No journal, another model's, or one that moved across models
@@ -447,41 +444,15 @@ class GradientMonitor(keras.callbacks.Callback):
         self._fit = history.last_fit + 1
         for line in history.records:
             row = line["row"]
-            self.records.append(row)
-            self._variable_norms.append(
-                (
-                    row["step"],
-                    row["fit"],
-                    line["variables"],
-                    line["layers"],
-                    np.asarray(line["norms"], np.float64),
-                )
+            self._records.restore(
+                line, history.timesteps.get((row["step"], row["fit"]))
             )
-            if line["exploding"]:
-                self._exploding_steps.append(row["step"])
-            table = history.timesteps.get((row["step"], row["fit"]))
-            if table is not None:
-                for layer in dict.fromkeys(table.column("layer").to_pylist()):
-                    part = table.filter(pa_compute.equal(table["layer"], layer))
-                    self._timestep_store().append(
-                        row["step"],
-                        layer,
-                        {c: part[c].to_numpy() for c in _TIMESTEP_COLUMNS},
-                        fit=row["fit"],
-                    )
-        bad = 0
-        for line in history.nonfinite:
-            bad += line["count"]
-            self.skipped_steps += line["skipped"]
+        bad, skipped, first = history.nonfinite_totals()
+        self.skipped_steps += skipped
+        if first is not None:
             if self._nonfinite is None:
-                here = line["first"] == line["step"]
-                self._nonfinite = diagnostics.NonFinite(
-                    line["first"],
-                    line["layer"] if here else None,
-                    line["timestep"] if here else None,
-                    0,
-                )
-            self._nonfinite.count += line["count"]
+                self._nonfinite = diagnostics.NonFinite(*first, 0)
+            self._nonfinite.count += bad
         # The START event `_begin_fit` writes at `step` hides the events the
         # earlier run wrote from `step` on; the layout at step 0 stays.
         self._get_summaries().layout_written = step > 0
@@ -529,6 +500,7 @@ class GradientMonitor(keras.callbacks.Callback):
         # Updates the LossScaleOptimizer skipped on float16 overflows.
         self.skipped_steps += new_overflows + new_held
         self.loss_scale_skips += new_overflows
+        self.held_steps += new_held
         location = (None, None)
         if statistics is not None:
             location = self._record(step, statistics)
@@ -541,7 +513,9 @@ class GradientMonitor(keras.callbacks.Callback):
                 self._nonfinite = diagnostics.NonFinite(first_bad, None, None, 0)
             skipped_before = self.skipped_steps
             if last_bad != step or statistics is None:
-                self._explosion_between_records(last_bad)
+                # The first non-finite step since the last read, when known.
+                first_new = first_bad if new_bad == bad else last_bad
+                self._explosion_between_records(first_new)
             self._on_nonfinite(last_bad, *location, count=new_bad)
             if self._journal is not None:
                 self._journal.nonfinite(
@@ -567,6 +541,10 @@ class GradientMonitor(keras.callbacks.Callback):
         if self._starting:
             return  # no batch ran
         self._sync()
+        if self.epoch_logs and logs is not None:
+            # Keras hands the same dict to the callbacks after this one:
+            # the progress bar, History, keras.callbacks.TensorBoard.
+            logs.update(self._records.epoch_summary())
         if self.log_dir is None or not self.records:
             return
         self._get_summaries().epoch(
@@ -586,152 +564,58 @@ class GradientMonitor(keras.callbacks.Callback):
 
     def _record(self, step, statistics):
         """Append one recorded step; return where non-finite values start."""
-        stats = {
-            k: np.asarray(v)
-            for k, v in statistics.items()
-            if k not in ("sublayers", "gradients")
-        }
-        finite = bool(stats["finite"])
-        row = {
-            "step": step,
-            "fit": self._fit,
-            "epoch": self._epoch,
-            "loss": float(stats["loss"]),
-            "global_norm": float(stats["global_norm"]),
-            "applied_norm": float(stats["applied_norm"]),
-            "finite": finite,
-            # A LossScaleOptimizer skips non-finite steps itself.
-            "skipped": bool(stats["held"])
-            or ((not finite) and (self.on_nan != "warn" or self._loss_scaling)),
-            "skipped_by": "",
-        }
-        if row["skipped"]:
-            by_scaler = self._loss_scaling and not stats["held"]
-            row["skipped_by"] = "loss_scale" if by_scaler else "on_nan"
-        for layer, norm in self._layer_norms(stats["variable_norms"]).items():
-            row[f"norm/{layer}"] = norm
-        sublayer_info = {s.name: s for s in self._training.sublayers}
-        finiteness = []
-        for name, values in statistics["sublayers"].items():
-            values = {k: np.asarray(v) for k, v in values.items()}
-            verdict = diagnostics.SublayerDiagnosis.from_norms(
-                name,
-                values["grad_norm"],
-                forward_finite=values["forward_finite"] > 0,
-                grad_finite=values["grad_finite"] > 0,
-                reverse=sublayer_info[name].reverse,
-                fraction=self.horizon_fraction,
-                vanishing_ratio=self.vanishing_ratio,
-                exploding_ratio=self.exploding_ratio,
-                aligned_norm=values["aligned_norm"],
-                aligned_count=values["aligned_count"],
-            )
-            recent = self._recent.setdefault(
-                name, collections.deque(maxlen=diagnostics.verdicts.VERDICT_RECORDS)
-            )
-            recent.append(verdict)
-            verdict = diagnostics.verdicts.over_records(
-                list(recent), self.vanishing_ratio, self.exploding_ratio
-            )
-            self._latest[name] = verdict
-            row[f"horizon/{name}"] = verdict.horizon
-            row[f"decay/{name}"] = verdict.decay
-            self._timestep_store().append(
-                step,
-                name,
-                {column: values[column] for column in _TIMESTEP_COLUMNS},
-                fit=self._fit,
-            )
-            self._epoch_decay.setdefault(name, _RaggedMean()).add(verdict.norms[::-1])
-            finiteness.append(
-                (
-                    name,
-                    values["forward_finite"] > 0,
-                    values["grad_finite"] > 0,
-                    sublayer_info[name].reverse,
-                )
-            )
-        self._warn_unprobed(statistics["sublayers"])
-        self._latest_depth = self._depth_profile(stats["variable_norms"])
-        if self._latest_depth is not None:
-            for name, level in self._latest_depth.levels.items():
-                row[f"depth_ratio/{name}"] = level.ratio_to_top
-        self._variable_norms.append(
-            (
-                step,
-                self._fit,
-                self._training.variable_names,
-                self._training.layer_names,
-                stats["variable_norms"],
-            )
+        recorded = self._records.add(
+            step,
+            self._fit,
+            statistics,
+            records.RecordContext(
+                model=self.model,
+                sublayers=self._training.sublayers,
+                variable_names=self._training.variable_names,
+                layer_names=self._training.layer_names,
+                on_nan=self.on_nan,
+                loss_scaling=self._loss_scaling,
+                peak=self._read_peak,
+            ),
         )
-        self.records.append(row)
-
-        evidence = self._explosion(row, finiteness)
-        exploding = evidence is not None
-        if exploding:
-            self._exploding_steps.append(step)
-            self._exploding_evidence[step] = evidence
+        self._warn_unprobed(recorded.sublayers)
+        exploding = recorded.evidence is not None
         if self.log_dir is not None:
             # Scalars reach the file first (flushed), then the journal
             # commits the record: a crash between them loses no point.
-            self._write_scalars(row, statistics)
+            self._write_scalars(recorded.row, statistics)
             self._journal.record(
-                row,
+                recorded.row,
                 self._training.variable_names,
                 self._training.layer_names,
-                stats["variable_norms"],
+                np.asarray(statistics["variable_norms"]),
                 exploding,
                 {
                     name: {c: np.asarray(values[c]) for c in _TIMESTEP_COLUMNS}
                     for name, values in statistics["sublayers"].items()
                 },
             )
-        location = (None, None)
-        if not finite:
-            norms = {
-                k[len("norm/") :]: v for k, v in row.items() if k.startswith("norm/")
-            }
-            location = diagnostics.locate_nonfinite(row["loss"], finiteness, norms)
         if exploding:
-            self._on_explode(step, evidence)
+            self._on_explode(step, recorded.evidence)
         self._exploding_before = exploding
-        return location
+        return recorded.location
 
-    def _explosion(self, row, finiteness):
-        """Why this record explodes (see `keras_seq.diagnostics.verdicts`),
-        or None: the global norm's sustained growth across this model's
-        records, a sublayer's growth through time, or non-finite gradients
-        behind a finite loss and finite forward states (an overflow)."""
-        if not row["finite"]:
-            if self._loss_scaling:
-                return None  # a float16 overflow, the LossScaleOptimizer's job
-            forward_bad = any(not np.all(f) for _, f, _, _ in finiteness)
-            if np.isfinite(row["loss"]) and not forward_bad:
-                return "non-finite gradients behind a finite loss: an overflow"
-            return self._blown_up()
-        evidence = diagnostics.verdicts.explosion_evidence(
-            [r["global_norm"] for r in self.records[self._model_first_record :]],
-            jump=self.explode_jump,
-            threshold=self.explode_threshold,
-        )
-        if evidence is not None:
-            return evidence
-        growing = [d for d in self._latest_of(row) if d.exploding]
-        if growing:
-            return "; ".join(f"{d.name} {d.evidence}" for d in growing)
-        return None
+    def _read_peak(self):
+        """The largest finite global norm since the last read (a host
+        read, on non-finite steps only), reset for the next."""
+        peak = float(self._peak.numpy())
+        self._peak.assign(0.0)
+        return peak
 
     def _explosion_between_records(self, step):
         """A non-finite step that was not recorded: exploding when the
-        global norm blew up before it (see `_blown_up`)."""
+        global norm blew up before it (see `GradientRecords.blown_up`)."""
         if self._loss_scaling:
             return
-        evidence = self._blown_up()
+        evidence = self._records.blown_up(self._read_peak())
         if evidence is None:
             return
-        self._exploding_steps.append(step)
-        self._exploding_evidence[step] = evidence
+        self._records.mark_exploding(step, evidence)
         self._on_explode(step, evidence)
         self._exploding_before = True
 
@@ -745,82 +629,27 @@ class GradientMonitor(keras.callbacks.Callback):
         message = f"Exploding gradients at step {step}: {evidence}."
         if self.on_explode == "stop":
             message += " Stopping training (on_explode='stop')."
-        _warn(message)
-
-    def _blown_up(self):
-        """Why a non-finite step is the end of an explosion (or None): the
-        global norm since the previous record reached `explode_jump` times
-        the model's starting level before it. A NaN in the data comes
-        without that."""
-        peak = float(self._peak.numpy())
-        self._peak.assign(0.0)
-        norms = [r["global_norm"] for r in self.records[self._model_first_record :]]
-        norms = [n for n in norms if np.isfinite(n)]
-        if not norms:
-            return None
-        start = float(np.median(norms[: diagnostics.verdicts.BASELINE_RECORDS]))
-        if start > 0 and peak >= self.explode_jump * start:
-            return (
-                f"non-finite after the global norm reached {peak:.3g}, "
-                f"{peak / start:.3g}x its starting level {start:.3g}"
-            )
-        return None
-
-    def _latest_of(self, row):
-        return [d for name, d in self._latest.items() if f"horizon/{name}" in row]
+        notices.warn(message)
 
     def _warn_unprobed(self, sublayers):
-        """Warn once per model about recurrent layers that were expected to
-        get per-step data and did not appear in the recorded step (for
-        example not called in the forward pass)."""
+        """Once per model: recurrent layers missing from a recorded step."""
         if self._unprobed_checked is self.model:
             return
         self._unprobed_checked = self.model
-        seen = {name.split("/level_")[0].split("#")[0] for name in sublayers}
-        missing = [
-            layer.name
-            for layer in monitoring.keras_rnn.recurrent_layers(self.model)
-            if monitoring.keras_rnn.has_timestep_data(layer) and layer.name not in seen
-        ]
-        if missing:
-            line = (
-                "no per-time-step data from recurrent layers not called in the "
-                f"recorded forward pass: {', '.join(missing)}"
-            )
+        line = notices.unprobed(self.model, sublayers)
+        if line is not None:
             self._blind = self._blind + (line,)
-            _warn(f"GradientMonitor: {line}.")
+            notices.warn(f"GradientMonitor: {line}.")
 
     def _check_visibility(self):
-        """At train begin, once per model: warn (and keep a report line)
-        when the model has no recurrent layer, or recurrent layers the
-        monitor cannot see through time."""
+        """At train begin, once per model: what the monitor cannot see."""
         if self._blind_model is self.model:
             return
         self._blind_model = self.model
-        found = monitoring.keras_rnn.recurrent_layers(self.model)
-        blind = [
-            layer.name
-            for layer in found
-            if not monitoring.keras_rnn.has_timestep_data(layer)
-        ]
-        if not found:
-            line = (
-                "the model has no recurrent layer: per-layer gradient norms only, "
-                "no per-time-step data and no verdicts through time"
-            )
-        elif blind:
-            line = (
-                "per-layer gradient norms only (no per-time-step data, no "
-                f"verdicts through time) for {', '.join(blind)}: per-step data "
-                "needs keras_seq.layers.SharedRNN or Keras's SimpleRNN, GRU or "
-                "LSTM (alone, stacked or Bidirectional); other cells and "
-                "StackedRNNCells are not probed"
-            )
-        else:
-            self._blind = ()
-            return
-        self._blind = (line,)
-        _warn(f"GradientMonitor: {line}.")
+        line = notices.blind_spots(self.model)
+        self._blind = () if line is None else (line,)
+        if line is not None:
+            notices.warn(f"GradientMonitor: {line}.")
 
     def _on_nonfinite(self, step, layer, timestep, count=1):
         if self._nonfinite is None:
@@ -839,65 +668,19 @@ class GradientMonitor(keras.callbacks.Callback):
             applied = (
                 "skipped by the LossScaleOptimizer" if self._loss_scaling else "applied"
             )
-            _warn(f"{what}; the update was {applied} (on_nan='warn').")
+            notices.warn(f"{what}; the update was {applied} (on_nan='warn').")
         elif self.on_nan == "stop":
             self.model.stop_training = True
-            _warn(
+            notices.warn(
                 f"{what}. The update was not applied; stopping with the weights "
                 "of the last good step (on_nan='stop')."
             )
         if self._summaries is not None:
             self._summaries.flush()
 
-    def _depth_profile(self, variable_norms):
-        """Each level's gradient norm against the top level's: ||dL/dh||
-        over its valid steps when every level has per-step data, else the
-        norm of the level's own weight gradients."""
-        if self._levels is None:
-            self._levels = _stack_levels(self.model)
-        if len(self._levels) < 2:
-            return None
-        sublayers = self._latest
-        if all(
-            level.monitor_names and all(n in sublayers for n in level.monitor_names)
-            for level in self._levels
-        ):
-            source = "dL/dh"
-            norms = {
-                level.name: np.sqrt(
-                    sum(np.sum(sublayers[n].norms ** 2) for n in level.monitor_names)
-                )
-                for level in self._levels
-            }
-        else:
-            source = "weights"
-            index = {id(v): i for i, v in enumerate(self.model.trainable_variables)}
-            norms = {
-                level.name: np.sqrt(
-                    sum(
-                        float(variable_norms[index[id(v)]]) ** 2
-                        for v in level.variables
-                        if id(v) in index
-                    )
-                )
-                for level in self._levels
-            }
-        return diagnostics.depth_profile(
-            norms,
-            source={name: source for name in norms},
-            vanishing_ratio=self.depth_vanishing_ratio,
-            exploding_ratio=self.depth_exploding_ratio,
-        )
-
     @property
     def _loss_scaling(self):
         return isinstance(self.model.optimizer, keras.optimizers.LossScaleOptimizer)
-
-    def _layer_norms(self, variable_norms):
-        squares = {}
-        for layer, norm in zip(self._training.layer_names, variable_norms):
-            squares[layer] = squares.get(layer, 0.0) + float(norm) ** 2
-        return {layer: np.sqrt(total) for layer, total in squares.items()}
 
     # -- TensorBoard ---------------------------------------------------------
 
@@ -956,7 +739,7 @@ class GradientMonitor(keras.callbacks.Callback):
         level's; see `keras_seq.diagnostics.DepthDiagnosis`) when the model
         has two or more recurrent levels in one stack.
         """
-        return pd.DataFrame.from_records(self.records)
+        return self._records.frame()
 
     def timestep_frame(self):
         """Long format, one row per (recorded step, sublayer, time step).
@@ -972,7 +755,7 @@ class GradientMonitor(keras.callbacks.Callback):
         without a mask), `cell_grad_norm` (||dL/dc_t|| of an LSTM's carry,
         total through h_t and the carry; NaN for other layers).
 
-        Long runs stay bounded in memory: beyond `MAX_TIMESTEP_ROWS` rows
+        Long runs stay bounded in memory: beyond `records.MAX_TIMESTEP_ROWS` rows
         (200,000) they are written to Parquet parts, under
         `<log_dir>/gradients/timesteps/` or a temporary directory without a
         `log_dir`, and read back here: the frame holds every recorded row.
@@ -982,35 +765,14 @@ class GradientMonitor(keras.callbacks.Callback):
         `keras_seq.diagnostics.SublayerDiagnosis`); `grad_norm` here is the
         plain per-time-step norm over the batch.
         """
-        if self._store is None:
-            return pd.DataFrame(columns=["step", "fit", "layer", "timestep"])
-        return self._store.frame()
-
-    def _timestep_store(self):
-        if self._store is None:
-            directory = None
-            if self.log_dir is not None:
-                # One directory per monitor: a store refuses one with parts.
-                directory = pathlib.Path(self.log_dir) / "gradients" / "timesteps"
-                directory = directory / f"{os.getpid()}-{id(self):x}"
-            self._store = TimestepStore(
-                _TIMESTEP_COLUMNS, directory=directory, max_rows=MAX_TIMESTEP_ROWS
-            )
-        return self._store
+        return self._records.timestep_frame()
 
     def variable_frame(self):
         """Long format, one row per (recorded step, variable).
 
         Columns: `step`, `variable` (its path), `layer`, `grad_norm`.
         """
-        rows = [
-            (step, fit, name, layer, float(norm))
-            for step, fit, names, layers, norms in self._variable_norms
-            for name, layer, norm in zip(names, layers, norms)
-        ]
-        return pd.DataFrame(
-            rows, columns=["step", "fit", "variable", "layer", "grad_norm"]
-        )
+        return self._records.variable_frame()
 
     def save(self, path):
         """Write `to_frame()` to `path` and `timestep_frame()` beside it
@@ -1029,12 +791,7 @@ class GradientMonitor(keras.callbacks.Callback):
             )
         timestep_path = path.with_name(f"{path.stem}_timesteps{path.suffix}")
         getattr(self.to_frame(), writers[path.suffix])(path, index=False)
-        if self._store is None:
-            getattr(self.timestep_frame(), writers[path.suffix])(
-                timestep_path, index=False
-            )
-        else:  # part by part when rows were spilled
-            self._store.save(timestep_path)
+        self._records.save_timesteps(timestep_path, writers[path.suffix])
         return path, timestep_path
 
     def heatmaps(self):
@@ -1062,41 +819,33 @@ class GradientMonitor(keras.callbacks.Callback):
         Returns:
             `{name: matplotlib.figure.Figure}`; empty before any record.
         """
-        horizons = {name: d.horizon for name, d in self._latest.items()}
-        curves = {name: mean.value() for name, mean in self._epoch_decay.items()}
-        return figures.monitor_figures(self._store, horizons, curves, self._epoch)
+        return self._records.figures()
 
     def diagnosis(self):
         """The verdict on the latest recorded step, a
         `keras_seq.diagnostics.Diagnosis`."""
         step = self.records[-1]["step"] if self.records else None
+        steps = list(self._records.exploding_steps)
         return diagnostics.Diagnosis(
             step=step,
-            sublayers=dict(self._latest),
-            exploding=bool(self._exploding_steps) and self._exploding_steps[-1] == step,
-            exploding_steps=list(self._exploding_steps),
+            sublayers=dict(self._records.latest),
+            exploding=bool(steps) and steps[-1] == step,
+            exploding_steps=steps,
             nonfinite=self._nonfinite,
             skipped_steps=self.skipped_steps,
-            depth=self._latest_depth,
+            depth=self._records.latest_depth,
             notes=self._blind + self._notes(),
-            exploding_evidence=dict(self._exploding_evidence),
+            exploding_evidence=dict(self._records.exploding_evidence),
             loss_scale_skips=self.loss_scale_skips,
             vanishing_ratio=self.vanishing_ratio,
+            held_steps=self.held_steps,
         )
 
     def _notes(self):
         if self.model is None:
             return ()
-        stateful = [layer.name for layer in stateful_layers(self.model)]
-        if not stateful or not self._latest:
-            return ()
-        lengths = sorted({d.timesteps for d in self._latest.values()})
-        return (
-            f"stateful layers ({', '.join(stateful)}): gradients flow within "
-            f"each batch's {'/'.join(map(str, lengths))} steps only (truncated "
-            "BPTT), so a horizon cannot exceed that chunk length; a horizon "
-            "equal to it means the gradient still reached the chunk's start.",
-        )
+        note = notices.stateful_note(self.model, self._records.latest)
+        return () if note is None else (note,)
 
     def report(self):
         """The diagnosis as plain text."""
@@ -1125,70 +874,3 @@ def _iterations(model):
     """The optimizer's count of applied updates (0 without an optimizer)."""
     optimizer = getattr(model, "optimizer", None)
     return 0 if optimizer is None else int(optimizer.iterations.numpy())
-
-
-def _stack_levels(model):
-    """The model's recurrent levels when they form one stack, else []."""
-    from keras_seq.depth import levels  # the depth package imports callbacks
-
-    try:
-        found = levels.recurrent_levels(model)
-    except ValueError:  # no recurrent levels
-        return []
-    return found if levels.single_stack(model, found) else []
-
-
-def _check_writable(log_dir):
-    """Fail before the first update, not at the first write, when `log_dir`
-    cannot take the monitor's files."""
-    path = pathlib.Path(log_dir) / "gradients"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".keras_seq_write_check_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(
-            "Argument `log_dir` must be a directory the monitor can write "
-            f"to (it writes under {str(path)!r}). Received: log_dir="
-            f"{str(log_dir)!r}, which failed with: {error}"
-        ) from None
-
-
-_INTERNAL = tuple(
-    os.path.dirname(module.__file__) + os.sep for module in (keras, tf)
-) + (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
-
-
-def _warn(message, category=UserWarning):
-    """`warnings.warn` pointing at the user's line (their `model.fit` call):
-    the first frame outside keras_seq, Keras and TensorFlow."""
-    import sys
-
-    frame, level = sys._getframe(1), 2  # 2: the caller of _warn
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
-
-
-class _RaggedMean:
-    """The element-wise mean of 1-D arrays of any lengths (NaN ignored), in
-    bounded memory: one running sum and count per position."""
-
-    def __init__(self):
-        self._sum = np.zeros(0)
-        self._count = np.zeros(0)
-
-    def add(self, values):
-        values = np.asarray(values, np.float64)
-        if len(values) > len(self._sum):
-            grow = len(values) - len(self._sum)
-            self._sum = np.concatenate([self._sum, np.zeros(grow)])
-            self._count = np.concatenate([self._count, np.zeros(grow)])
-        finite = ~np.isnan(values)
-        self._sum[: len(values)][finite] += values[finite]
-        self._count[: len(values)][finite] += 1
-
-    def value(self):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self._count > 0, self._sum / self._count, np.nan)

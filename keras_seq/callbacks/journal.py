@@ -36,6 +36,7 @@ import json
 import math
 import pathlib
 import re
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -158,6 +159,7 @@ class Journal:
                 "layers": list(layers),
                 "norms": [_plain(float(n)) for n in norms],
                 "exploding": bool(exploding),
+                "rows": 0 if batch is None else batch.num_rows,
             }
         )
 
@@ -212,6 +214,24 @@ class History:
         self.entries = [e for e in self.entries if e[0] < step]
         self.timesteps = {k: v for k, v in self.timesteps.items() if k[0] < step}
 
+    def nonfinite_totals(self):
+        """`(count, skipped, first)` over the `nonfinite` lines: non-finite
+        steps, updates skipped for them, and the first one's `(step, layer,
+        time step)` (layer and time step None when it was not recorded), or
+        None without any."""
+        count = sum(line["count"] for line in self.nonfinite)
+        skipped = sum(line["skipped"] for line in self.nonfinite)
+        first = None
+        if self.nonfinite:
+            line = self.nonfinite[0]
+            here = line["first"] == line["step"]
+            first = (
+                line["first"],
+                line["layer"] if here else None,
+                line["timestep"] if here else None,
+            )
+        return count, skipped, first
+
     def resume_step(self, iterations):
         """The training step that follows `iterations` applied updates:
         from the last mapping entry at or below it (the offset between the
@@ -229,8 +249,17 @@ class History:
         return best[0] + (iterations - best[1])
 
 
-def load(directory):
-    """Read every segment under `directory` (a missing one is empty)."""
+def timestep_tables(directory):
+    """The committed per-time-step tables under `directory`, in order (one
+    per record, re-run steps purged): the time-step store's on-disk rows
+    when the monitor keeps a journal."""
+    return list(load(directory).timesteps.values())
+
+
+def load(directory, timesteps=True):
+    """Read every segment under `directory` (a missing one is empty);
+    `timesteps=False` leaves the per-time-step rows on disk (each record
+    line's `rows` says how many it has)."""
     directory = pathlib.Path(directory)
     history = History()
     if not directory.is_dir():
@@ -241,7 +270,7 @@ def load(directory):
         if m
     )
     for _, path in segments:
-        batches = _read_batches(path.with_suffix(".arrows"))
+        batches = _read_batches(path.with_suffix(".arrows")) if timesteps else []
         committed = set()
         for line in _read_lines(path):
             kind = line.get("kind")
@@ -269,19 +298,30 @@ def load(directory):
 
 def _read_lines(path):
     with open(path, encoding="utf-8") as handle:
-        for text in handle:
+        for number, text in enumerate(handle, 1):
+            problem = None
             if not text.endswith("\n"):
-                return  # torn by a crash inside the write
-            try:
-                yield json.loads(text)
-            except json.JSONDecodeError:
+                problem = "a torn last line"
+            else:
+                try:
+                    line = json.loads(text)
+                except json.JSONDecodeError as error:
+                    problem = f"line {number} unreadable ({error})"
+            if problem is not None:
+                _torn(path, f"{problem}; the {number - 1} lines before it are kept")
                 return
+            yield line
 
 
 def _read_batches(path):
+    """The record batches of an Arrow stream; a stream torn at its end (a
+    crash inside the write) keeps the batches before the tear, and says
+    so. A missing or empty file has none; other errors are raised."""
     batches = []
-    try:
-        with pa.OSFile(str(path), "rb") as source:
+    if not path.exists() or path.stat().st_size == 0:
+        return batches
+    with pa.OSFile(str(path), "rb") as source:
+        try:
             reader = pa.ipc.open_stream(source)
             while True:
                 try:
@@ -290,6 +330,21 @@ def _read_batches(path):
                     break
                 if batch.num_rows:
                     batches.append(batch)
-    except (OSError, pa.ArrowInvalid, pa.ArrowIOError):
-        pass  # missing, empty, or torn at the end: keep what was read
+        except (pa.ArrowInvalid, OSError, EOFError) as error:
+            # The file opened (an unreadable one raised above): a short or
+            # garbled read is its end, torn.
+            _torn(
+                path,
+                f"a torn Arrow batch ({error}); the {len(batches)} batches "
+                "before it are kept",
+            )
     return batches
+
+
+def _torn(path, what):
+    """Name what a crash cut off: the record being written then is lost."""
+    warnings.warn(
+        f"GradientMonitor journal {str(path)!r} ends in {what}. A process "
+        "stopped inside a write: the record it was writing is dropped.",
+        stacklevel=3,
+    )

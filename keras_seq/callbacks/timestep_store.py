@@ -47,6 +47,12 @@ class TimestepStore:
         columns: Non-empty tuple or list of str, the names of the
             per-time-step arrays, e.g.
             `("grad_norm", "contribution", "valid_fraction")`.
+        backing: Optional callable returning, in append order, Arrow tables
+            (one per record, columns `step`, the meta keys, `layer`,
+            `timestep` and the store's columns) of rows kept elsewhere on
+            disk, such as the monitor's journal: then rows beyond `max_rows`
+            are dropped from memory instead of written to parts (one copy
+            on disk), and `frame()` reads them back from the backing.
         directory: Optional path (default None) where the Parquet parts go,
             created (with its parents) on the first spill; it must not
             already hold parts, and `close()` keeps it. None: a private
@@ -85,7 +91,9 @@ class TimestepStore:
     >>> store.close()
     """
 
-    def __init__(self, columns, directory=None, max_rows=200_000, recent=256):
+    def __init__(
+        self, columns, directory=None, max_rows=200_000, recent=256, backing=None
+    ):
         if not isinstance(columns, (tuple, list)) or not all(
             isinstance(c, str) for c in columns
         ):
@@ -137,6 +145,8 @@ class TimestepStore:
         self._records = 0
         self._rows = 0
         self._spilled_rows = 0
+        self._backing = backing
+        self._backed = 0  # rows only the backing holds
 
     # -- properties ----------------------------------------------------------
 
@@ -289,7 +299,22 @@ class TimestepStore:
         self._meta_keys = keys
         return tuple(meta[k] for k in keys)
 
+    def add_backed(self, rows, meta_keys=()):
+        """Count `rows` that the backing holds and memory does not (an
+        earlier process's records, taken over), with these meta keys."""
+        if self._meta_keys is None:
+            self._meta_keys = tuple(meta_keys)
+        self._backed += rows
+        self._rows += rows
+
     def _spill(self):
+        if self._backing is not None:
+            # The rows are on disk already, in the backing: drop them.
+            self._backed += self._memory_rows
+            self._spilled_rows += self._memory_rows
+            self._memory = []
+            self._memory_rows = 0
+            return
         if self._directory is None:
             path = tempfile.mkdtemp(prefix=_TEMPORARY_PREFIX)
             self._directory = pathlib.Path(path)
@@ -498,9 +523,19 @@ class TimestepStore:
         return self.columns.index(column)
 
     def _tables(self):
-        """The raw tables, parts first, one at a time."""
+        """The raw tables, parts (or the backing's rows) first, one at a
+        time."""
         for part in self._parts:
             yield pq.read_table(part)
+        if self._backed:
+            held = {(r.step, r.meta) for r in self._memory}
+            order = ["step", *self._meta_keys, "layer", "timestep", *self.columns]
+            for table in self._backing():
+                key = (int(table["step"][0].as_py()),) + tuple(
+                    table[k][0].as_py() for k in self._meta_keys
+                )
+                if (key[0], key[1:]) not in held:
+                    yield table.select(order)
         if self._memory:
             yield self._memory_table()
 

@@ -461,6 +461,8 @@ class Diagnosis:
         loss_scale_skips: updates a `LossScaleOptimizer` skipped because
             its scaled gradients overflowed (part of `skipped_steps`).
         vanishing_ratio: the threshold the sublayer verdicts used.
+        held_steps: updates withheld after a non-finite step under
+            `on_nan="stop"` until the fit ended (part of `skipped_steps`).
     """
 
     step: object
@@ -473,6 +475,7 @@ class Diagnosis:
     notes: tuple = ()
     exploding_evidence: dict = dataclasses.field(default_factory=dict)
     loss_scale_skips: int = 0
+    held_steps: int = 0
     vanishing_ratio: float = VANISHING_RATIO
 
     @property
@@ -623,9 +626,14 @@ class Diagnosis:
                 "gradients overflowed; it lowers its loss scale, routine under "
                 "mixed precision)"
             )
-        guarded = self.skipped_steps - self.loss_scale_skips
+        guarded = self.skipped_steps - self.loss_scale_skips - self.held_steps
         if guarded:
             parts.append(f"{guarded} for non-finite gradients (on_nan)")
+        if self.held_steps:
+            parts.append(
+                f"{self.held_steps} withheld after a non-finite step until "
+                "on_nan='stop' ended the fit at its next read"
+            )
         return f"{self.skipped_steps}: " + "; ".join(parts)
 
     def report(self):

@@ -343,6 +343,13 @@ def test_keras_layers_get_per_layer_norms():
             r"`explode_threshold` must be a positive",
         ),
         ({"explode_jump": 0.5}, ValueError, r"`explode_jump` must be a number > 1"),
+        (
+            {"depth_exploding_ratio": 1},
+            ValueError,
+            r"`depth_exploding_ratio` must be a number > 1",
+        ),
+        ({"depth_vanishing_ratio": 0}, ValueError, r"`depth_vanishing_ratio`.*\(0,"),
+        ({"every": 2.5}, TypeError, r"`every` must be an integer"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):
@@ -438,3 +445,45 @@ def test_a_layer_called_twice_is_recorded_per_call():
     frame = monitor.timestep_frame()
     assert sorted(frame.layer.unique()) == ["encoder#1/level_0", "encoder/level_0"]
     assert len(frame) == 2 * 5
+
+
+def test_epoch_logs_carry_a_gradient_summary(tmp_path):
+    x = np.random.RandomState(0).randn(16, 7, 2).astype("float32")
+    y = np.random.RandomState(1).randn(16, 1).astype("float32")
+    model = keras_seq.Sequential(
+        [
+            keras.Input((7, 2)),
+            SharedRNN(3, return_sequences=True, name="rnn"),
+            keras.layers.LSTM(3, name="top"),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    monitor = GradientMonitor(every=3)
+    history = model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=2,
+        verbose=0,
+        callbacks=[monitor, keras.callbacks.TensorBoard(tmp_path)],
+    )
+    frame = monitor.to_frame()
+    np.testing.assert_allclose(
+        history.history["grad_norm"],
+        frame.groupby("epoch").global_norm.mean().to_numpy(),
+        rtol=1e-12,
+    )
+    # The sublayer nearest the loss: the LSTM, not the SharedRNN below it.
+    top = monitor.diagnosis().sublayers["top/level_0"].horizon
+    assert history.history["grad_horizon"][-1] == top
+    accumulator = event_accumulator.EventAccumulator(
+        str(tmp_path / "train"), size_guidance={"tensors": 0}
+    )
+    accumulator.Reload()
+    assert "epoch_grad_norm" in accumulator.Tags()["tensors"]
+    quiet = GradientMonitor(every=3, epoch_logs=False)
+    history = model.fit(x, y, batch_size=4, verbose=0, callbacks=[quiet])
+    assert set(history.history) == {"loss"}
+    with pytest.raises(TypeError, match="epoch_logs"):
+        GradientMonitor(epoch_logs="yes")

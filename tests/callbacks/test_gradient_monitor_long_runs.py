@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 import keras_seq
-from keras_seq.callbacks import GradientMonitor, gradient_monitor
+from keras_seq.callbacks import GradientMonitor, records
 from keras_seq.layers import SharedRNN
 
 T = 5
@@ -47,19 +47,20 @@ def test_spilled_rows_come_back_whole(tmp_path, monkeypatch, with_log_dir):
     expected = kept.timestep_frame()
     assert len(expected) == 12 * 2 * T
 
-    monkeypatch.setattr(gradient_monitor, "MAX_TIMESTEP_ROWS", 25)
+    monkeypatch.setattr(records, "MAX_TIMESTEP_ROWS", 25)
     spilled = GradientMonitor(every=1, log_dir=tmp_path if with_log_dir else None)
     _fit(_model(), spilled, epochs=2)
     frame = spilled.timestep_frame()
     pd.testing.assert_frame_equal(frame, expected)
+    # 12 steps x 2 sublayers x 5 time steps = 120 rows, over 25 in memory.
+    assert len(spilled._records.store._memory) <= 3  # records of 10 rows
     parts = sorted(pathlib.Path(tmp_path).rglob("part-*.parquet"))
+    # With a log_dir the journal holds the rows: one copy on disk, no parts;
+    # without, the parts go to a temporary directory, not the user's.
+    assert parts == []
     if with_log_dir:
-        # 12 steps x 2 sublayers x 5 time steps = 120 rows; a part is
-        # written when memory passes 25 rows, i.e. every 3 records (30 rows).
-        assert len(parts) == 4
-        assert all("gradients/timesteps" in str(p) for p in parts)
-    else:
-        assert parts == []  # a temporary directory, not the user's
+        segments = list(pathlib.Path(tmp_path).rglob("segment-*.arrows"))
+        assert len(segments) == 1
     path, timestep_path = spilled.save(tmp_path / "frames.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(timestep_path), expected)
     assert len(pd.read_parquet(path)) == 12

@@ -70,9 +70,29 @@ def test_a_torn_end_keeps_everything_committed_before_it(tmp_path, cut):
     lines.write_text(text[: text.rindex('{"kind"') + cut])
     rows.write_bytes(rows.read_bytes()[:-cut])
 
-    history = journal.load(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        history = journal.load(tmp_path)
     assert [r["row"]["step"] for r in history.records] == [0]
     assert sorted(history.timesteps) == [(0, 0)]
+    # Both tears are named, with their file: nothing is dropped silently.
+    messages = [str(w.message) for w in caught]
+    assert any("segment-00000.jsonl" in m and "torn last line" in m for m in messages)
+    assert any(
+        "segment-00000.arrows" in m and "torn Arrow batch" in m for m in messages
+    )
+
+
+def test_an_unreadable_journal_is_an_error_not_an_empty_history(tmp_path):
+    writer = journal.Journal(tmp_path, COLUMNS)
+    writer.start(0, 0, 0)
+    _record(writer, 0)
+    writer.close()
+    rows = tmp_path / "segment-00000.arrows"
+    rows.unlink()
+    rows.mkdir()  # cannot be opened as a file (root reads any file)
+    (rows / "x").write_text("x")
+    with pytest.raises(OSError):
+        journal.load(tmp_path)
 
 
 def test_a_missing_directory_is_an_empty_history(tmp_path):

@@ -31,10 +31,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_seq  # noqa: E402
-from keras_seq.callbacks import gradient_monitor  # noqa: E402
+from keras_seq.callbacks import records  # noqa: E402
 
 # 14 rows per record (2 sublayers x 7 steps): spill to Parquet parts early.
-gradient_monitor.MAX_TIMESTEP_ROWS = 20
+records.MAX_TIMESTEP_ROWS = 20
 
 BATCH = 8  # global batch: 4 samples per worker
 

@@ -59,7 +59,8 @@ def test_same_updates_as_keras(optimizer):
     np.testing.assert_allclose(
         history.history["loss"], plain_history.history["loss"], rtol=1e-5
     )
-    assert list(history.history) == ["loss"]  # no statistics in History
+    # No per-step statistics in History: the epoch summary only.
+    assert list(history.history) == ["loss", "grad_norm", "grad_horizon"]
 
 
 def test_steps_per_execution_records_the_last_step_of_each_execution():
