@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 
 _PART = "part-{:05d}.parquet"
@@ -528,13 +529,23 @@ class TimestepStore:
         for part in self._parts:
             yield pq.read_table(part)
         if self._backed:
-            held = {(r.step, r.meta) for r in self._memory}
+            # The backing holds every row; memory the latest, some of them
+            # perhaps of a record only partly spilled: take each row once.
+            held = collections.defaultdict(set)
+            for r in self._memory:
+                held[(r.step, r.meta)].add(r.layer)
             order = ["step", *self._meta_keys, "layer", "timestep", *self.columns]
             for table in self._backing():
                 key = (int(table["step"][0].as_py()),) + tuple(
                     table[k][0].as_py() for k in self._meta_keys
                 )
-                if (key[0], key[1:]) not in held:
+                layers = held.get((key[0], key[1:]))
+                if layers:
+                    keep = pa_compute.invert(
+                        pa_compute.is_in(table["layer"], pa.array(sorted(layers)))
+                    )
+                    table = table.filter(keep)
+                if table.num_rows:
                     yield table.select(order)
         if self._memory:
             yield self._memory_table()

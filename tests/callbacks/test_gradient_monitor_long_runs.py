@@ -40,20 +40,24 @@ def _fit(model, monitor, epochs=1):
     )
 
 
+@pytest.mark.parametrize("cap", [25, 33], ids=["between-records", "mid-record"])
 @pytest.mark.parametrize("with_log_dir", [True, False])
-def test_spilled_rows_come_back_whole(tmp_path, monkeypatch, with_log_dir):
+def test_spilled_rows_come_back_whole(tmp_path, monkeypatch, with_log_dir, cap):
     kept = GradientMonitor(every=1)
     _fit(_model(), kept, epochs=2)
     expected = kept.timestep_frame()
     assert len(expected) == 12 * 2 * T
 
-    monkeypatch.setattr(records, "MAX_TIMESTEP_ROWS", 25)
+    # Sublayer records of 5 rows, 24 of them (12 steps x 2 sublayers): a cap
+    # of 25 spills every 5th (last after a whole step), 33 every 7th (the
+    # last between the two sublayers of step 11, the other still in memory).
+    monkeypatch.setattr(records, "MAX_TIMESTEP_ROWS", cap)
     spilled = GradientMonitor(every=1, log_dir=tmp_path if with_log_dir else None)
     _fit(_model(), spilled, epochs=2)
     frame = spilled.timestep_frame()
     pd.testing.assert_frame_equal(frame, expected)
-    # 12 steps x 2 sublayers x 5 time steps = 120 rows, over 25 in memory.
-    assert len(spilled._records.store._memory) <= 3  # records of 10 rows
+    # 12 steps x 2 sublayers x 5 time steps = 120 rows, over the cap.
+    assert len(spilled._records.store._memory) <= 5  # records of 5 rows
     parts = sorted(pathlib.Path(tmp_path).rglob("part-*.parquet"))
     # With a log_dir the journal holds the rows: one copy on disk, no parts;
     # without, the parts go to a temporary directory, not the user's.
