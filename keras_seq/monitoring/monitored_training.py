@@ -153,6 +153,16 @@ class MonitoredTraining:
         self._selected = False
         model.train_function = self._functions[False]
 
+    def __enter__(self):
+        """`with training:` installs, and gives Keras's function back on any
+        exit (an exception, Ctrl-C) of the block."""
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.uninstall()
+        return False
+
     def select(self, record):
         """Train the next batch with the recording (True) or light step."""
         self._selected = True

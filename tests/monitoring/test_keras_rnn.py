@@ -5,9 +5,11 @@ reference (the cell equations written out in float64)."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from reference_keras_rnn import timestep_gradients
 
 from keras_seq.callbacks import GradientMonitor
+from keras_seq.monitoring import MonitoredTraining, MonitorSettings, train_step
 
 T, B, F = 7, 4, 3
 
@@ -296,3 +298,27 @@ def test_ctrl_c_inside_the_step_gives_keras_its_function_at_once():
     assert "_strip_statistics" not in model.train_function.__qualname__
     assert model.train_function.__qualname__.startswith("TensorFlowTrainer.")
     model.fit(x, y, verbose=0)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_hosting_is_a_context_that_restores_keras_on_any_exit(error):
+    # The hosting part on its own, without fit: install, select, and any
+    # exit from the block gives the model Keras's function back.
+    model = keras.Sequential([keras.Input((T, F)), keras.layers.SimpleRNN(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.make_train_function()
+    keras_function = model.train_function
+    counters = tf.Variable([0] * len(train_step.COUNTERS), dtype=tf.int64)
+    training = MonitoredTraining(
+        model,
+        MonitorSettings(counters, guard=True, histograms=False, contributions=False),
+    )
+    with pytest.raises(type(error)):
+        with training:
+            assert model.train_function is not keras_function
+            training.select(True)
+            raise error
+    assert model.train_function is keras_function
+    with training:  # and again: the traced functions are kept
+        assert model.train_function is not keras_function
+    assert model.train_function is keras_function
