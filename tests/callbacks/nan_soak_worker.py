@@ -308,9 +308,9 @@ def problems(result):
       a full update (every trainable weight changed, one iteration);
     - without loss scaling: the steps the monitor counts in `skipped_steps`
       (read at recorded steps and the end, so compared `at_reads`), the
-      untouched steps and the poisoned steps are the same set; so are the recorded steps with `skipped` True and
-      the poisoned recorded steps; the diagnosis names the first poisoned
-      step;
+      untouched steps and the poisoned steps are the same set; so are the
+      recorded steps with `skipped` True and the poisoned recorded steps;
+      the diagnosis names the first poisoned step;
     - with a LossScaleOptimizer, "agree" means: the steps on which it
       lowered its scale (its skips), the untouched steps and the steps
       whose `to_frame()` row says `skipped` are the same set (every step is
