@@ -15,6 +15,7 @@ from keras_seq.callbacks import figures, journal, notices, records, summaries
 _ON_NAN = ("stop", "skip", "warn")
 _TIMESTEP_COLUMNS = records.TIMESTEP_COLUMNS
 _ON_EXPLODE = ("warn", "stop")
+_NAME = "gradient_monitor"  # its state's key in a backup
 
 
 class GradientMonitor(keras.callbacks.Callback):
@@ -357,6 +358,9 @@ class GradientMonitor(keras.callbacks.Callback):
         if self.log_dir is not None:
             notices.check_writable(self.log_dir)
         self._training.install()
+        # keras_seq.callbacks.BackupAndRestore commits the journal and
+        # saves the step count with each backup (in any callback order).
+        monitoring.resumption.of(self.model).register(_NAME, self._commit)
         self._fit += 1
         counters = self._counters.numpy()
         counters[_COUNTER["stopped"]] = 0  # a new fit trains again
@@ -392,8 +396,12 @@ class GradientMonitor(keras.callbacks.Callback):
         iterations = _iterations(self.model)
         step, bad = self._next_step, self._bad_seen
         purge = None  # where readers drop earlier data; None: at `step`
+        # What this monitor committed with the backup just restored.
+        restored = monitoring.resumption.of(self.model).restored.get(_NAME)
         if self._fits_on_model == 0:
             step = max(iterations, self._next_step)
+            if restored is not None:
+                step, bad = restored["step"], restored["nonfinite"]
             # Under several workers only the chief has a log_dir: resuming
             # there alone would number the workers' steps differently (and
             # mismatch their collectives), so all count from the optimizer.
@@ -402,11 +410,17 @@ class GradientMonitor(keras.callbacks.Callback):
                 and self.log_dir is not None
                 and not _multiworker.active(self.model)
             ):
-                step, bad, resumed = self._resume(iterations, default=(step, bad))
+                step, bad, resumed = self._resume(
+                    iterations, default=(step, bad), restored=restored
+                )
                 # A run that takes nothing over hides all earlier data.
                 purge = step if resumed else 0
             self._counters.assign(_fresh_counters(step, bad))
             self._overflows_seen = self._held_seen = 0
+            if restored is not None:
+                self.skipped_steps = restored["skipped_steps"]
+                self.held_steps = restored["held_steps"]
+                self.loss_scale_skips = restored["loss_scale_skips"]
         self._fits_on_model += 1
         self._next_step, self._bad_seen = step, bad
         if self.log_dir is not None:
@@ -426,16 +440,20 @@ class GradientMonitor(keras.callbacks.Callback):
             )
             self._offset = step - iterations
 
-    def _resume(self, iterations, default):
+    def _resume(self, iterations, default, restored=None):
         """Take over an earlier process's journal under `log_dir`: keep what
-        it recorded before the step `iterations` stands for, and return that
-        step, the count of non-finite steps before it and True; `default`
-        and False when there is nothing to take over."""
+        it recorded before the step the restored backup stands for, and
+        return that step, the count of non-finite steps before it and True;
+        `default` and False when there is nothing to take over. The step is
+        the one this monitor saved with a `keras_seq` backup (`restored`),
+        else the one the optimizer's `iterations` map to."""
         state = pathlib.Path(self.log_dir) / "gradients" / journal.STATE_DIR
         history = journal.load(state, timesteps=False)
         if any("rows" not in line for line in history.records):
             history = journal.load(state)  # a journal older than row counts
         step = history.resume_step(iterations)
+        if restored is not None and step is not None:
+            step = restored["step"]
         if step is None or history.shapes != _shapes(self.model):
             # No journal, another model's, or one that moved across models
             # (fit_reducing_depth): this run starts over, nothing taken.
@@ -448,7 +466,10 @@ class GradientMonitor(keras.callbacks.Callback):
                 line, history.timesteps.get((row["step"], row["fit"]))
             )
         bad, skipped, first = history.nonfinite_totals()
-        self.skipped_steps += skipped
+        if restored is not None:
+            bad = restored["nonfinite"]  # skipped counts: set by the caller
+        else:
+            self.skipped_steps += skipped
         if first is not None:
             if self._nonfinite is None:
                 self._nonfinite = diagnostics.NonFinite(*first, 0)
@@ -537,6 +558,24 @@ class GradientMonitor(keras.callbacks.Callback):
                 self._offset = steps - iterations
                 self._journal.offset(steps, iterations)
 
+    def _commit(self):
+        """Before a `keras_seq.callbacks.BackupAndRestore` backup: read the
+        counters, journal what they show, make the journal durable, and
+        return what the monitor needs to go on from this backup."""
+        if not self._starting:
+            self._sync()
+        if self._summaries is not None:
+            self._summaries.flush()
+        if self._journal is not None:
+            self._journal.sync()
+        return {
+            "step": self._next_step,
+            "nonfinite": self._bad_seen,
+            "skipped_steps": self.skipped_steps,
+            "held_steps": self.held_steps,
+            "loss_scale_skips": self.loss_scale_skips,
+        }
+
     def on_epoch_end(self, epoch, logs=None):
         if self._starting:
             return  # no batch ran
@@ -555,6 +594,7 @@ class GradientMonitor(keras.callbacks.Callback):
         if not self._starting:
             self._sync()
         self._training.uninstall()
+        monitoring.resumption.of(self.model).unregister(_NAME)
         if self._journal is not None:
             self._journal.close()
         if self._summaries is not None:

@@ -34,6 +34,7 @@ stands for (`resume_step`).
 
 import json
 import math
+import os
 import pathlib
 import re
 import warnings
@@ -162,6 +163,14 @@ class Journal:
                 "rows": 0 if batch is None else batch.num_rows,
             }
         )
+
+    def sync(self):
+        """Make everything written so far durable (`fsync`): called before a
+        backup is written, which must not stand for an uncommitted step."""
+        for handle in (self._rows, self._lines):
+            if handle is not None:
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def close(self):
         if self._rows_writer is not None:

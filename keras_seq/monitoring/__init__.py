@@ -4,7 +4,7 @@
 build another callback on the same statistics.
 """
 
-from keras_seq.monitoring import keras_rnn, train_step  # noqa: F401 (submodules)
+from keras_seq.monitoring import keras_rnn, resumption, train_step  # noqa: F401
 from keras_seq.monitoring.monitored_training import (
     MonitoredTraining,
     MonitorSettings,

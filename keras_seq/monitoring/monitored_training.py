@@ -3,7 +3,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from keras_seq.monitoring import train_step
+from keras_seq.monitoring import resumption, train_step
 
 # Keras's own training step; a model class that replaces it is not supported.
 _KERAS_TRAIN_STEP = keras.Model.train_step
@@ -207,6 +207,11 @@ class MonitoredTraining:
                 self.uninstall()
                 return keras_function(iterator)
             self._selected = False
+            if resumption.pending(self.model):
+                # A batch a restored backup holds already: not trained,
+                # not counted, not recorded (see keras_seq.monitoring
+                # .resumption).
+                return resumption.pass_over(self.model, iterator)
             try:
                 logs = dict(function(iterator))
             except (StopIteration, tf.errors.OutOfRangeError):
