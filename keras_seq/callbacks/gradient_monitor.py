@@ -229,6 +229,8 @@ class GradientMonitor(keras.callbacks.Callback):
         self.skipped_steps = 0
         self.loss_scale_skips = 0
         self.held_steps = 0
+        self.lost_steps = []
+        self._new_lost = []
         self._records = records.GradientRecords(
             records.Thresholds(
                 horizon_fraction,
@@ -439,6 +441,12 @@ class GradientMonitor(keras.callbacks.Callback):
                 purge=purge,
             )
             self._offset = step - iterations
+            if self._new_lost:
+                self._journal.lost(self._new_lost)
+                self._get_summaries().extra(
+                    step, texts={_LOST_TAG: _lost_text(self.lost_steps)}
+                )
+                self._new_lost = []
 
     def _resume(self, iterations, default, restored=None):
         """Take over an earlier process's journal under `log_dir`: keep what
@@ -460,6 +468,7 @@ class GradientMonitor(keras.callbacks.Callback):
             return (*default, False)
         history.purge_from(step)
         self._fit = history.last_fit + 1
+        self._name_lost(history, restored)
         for line in history.records:
             row = line["row"]
             self._records.restore(
@@ -478,6 +487,33 @@ class GradientMonitor(keras.callbacks.Callback):
         # earlier run wrote from `step` on; the layout at step 0 stays.
         self._get_summaries().layout_written = step > 0
         return step, bad, True
+
+    def _name_lost(self, history, restored):
+        """Records the restored backup says were committed but the journal
+        lacks (a journal file lost or damaged after the backup): name them
+        (`lost_steps`, the report, TensorBoard), never skip them silently."""
+        present = {line["row"]["step"] for line in history.records}
+        last = None if restored is None else restored.get("last_record")
+        new = []
+        if last is not None and last not in present:
+            below = max((s for s in present if s < last), default=-1)
+            if self.model.steps_per_execution == 1:
+                new = [
+                    s
+                    for s in range(below + 1, last + 1)
+                    if s % self.every == 0 and s not in present
+                ]
+            new = new or [last]
+        self._new_lost = new
+        self.lost_steps = sorted(set(history.lost) | set(new))
+        if new:
+            notices.warn(
+                f"GradientMonitor: the records of step(s) {_steps(new)} are "
+                "lost: the backup restored stands for them, but the journal "
+                f"under {str(self.log_dir)!r} does not hold them (damaged or "
+                "removed after the backup). The frames have no rows for "
+                "them; `lost_steps` and the report name them."
+            )
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._starting:
@@ -574,6 +610,7 @@ class GradientMonitor(keras.callbacks.Callback):
             "skipped_steps": self.skipped_steps,
             "held_steps": self.held_steps,
             "loss_scale_skips": self.loss_scale_skips,
+            "last_record": self.records[-1]["step"] if self.records else None,
         }
 
     def on_epoch_end(self, epoch, logs=None):
@@ -882,10 +919,11 @@ class GradientMonitor(keras.callbacks.Callback):
         )
 
     def _notes(self):
+        lost = (_lost_text(self.lost_steps),) if self.lost_steps else ()
         if self.model is None:
-            return ()
+            return lost
         note = notices.stateful_note(self.model, self._records.latest)
-        return () if note is None else (note,)
+        return lost + (() if note is None else (note,))
 
     def report(self):
         """The diagnosis as plain text."""
@@ -893,6 +931,20 @@ class GradientMonitor(keras.callbacks.Callback):
 
 
 _COUNTER = {name: i for i, name in enumerate(monitoring.train_step.COUNTERS)}
+_LOST_TAG = "gradients/lost_steps"
+
+
+def _steps(steps):
+    shown = ", ".join(str(s) for s in steps[:10])
+    return shown + (f" and {len(steps) - 10} more" if len(steps) > 10 else "")
+
+
+def _lost_text(steps):
+    return (
+        f"Records lost: step(s) {_steps(steps)} were recorded before a crash, "
+        "but their journal lines were gone when the run resumed (no rows in "
+        "the frames)."
+    )
 
 
 def _fresh_counters(step, nonfinite):

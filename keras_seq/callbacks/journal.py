@@ -141,6 +141,11 @@ class Journal:
             }
         )
 
+    def lost(self, steps):
+        """Recorded steps whose records a restored backup said were
+        committed but the journal lacks (named in the report)."""
+        self._write({"kind": "lost", "steps": [int(s) for s in steps]})
+
     def record(self, row, variables, layers, norms, exploding, timesteps):
         """`timesteps`: {sublayer: {column: 1-D array}} of this step."""
         self._open()
@@ -216,8 +221,10 @@ class History:
         self.moved = False  # the monitor moved to another model meanwhile
         self.shapes = None  # trainable variable shapes of the last start
         self.timesteps = {}  # (step, fit) -> pyarrow.Table
+        self.lost = []  # recorded steps named lost at an earlier resume
 
     def purge_from(self, step):
+        self.lost = [s for s in self.lost if s < step]
         self.records = [r for r in self.records if r["row"]["step"] < step]
         self.nonfinite = [n for n in self.nonfinite if n["step"] < step]
         self.entries = [e for e in self.entries if e[0] < step]
@@ -293,6 +300,8 @@ def load(directory, timesteps=True):
                 history.entries.append((line["step"], line["iterations"]))
             elif kind == "nonfinite":
                 history.nonfinite.append(line)
+            elif kind == "lost":
+                history.lost.extend(line["steps"])
             elif kind == "record":
                 line["row"] = {k: _unplain(v) for k, v in line["row"].items()}
                 line["norms"] = [_unplain(n) for n in line["norms"]]

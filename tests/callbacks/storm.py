@@ -146,8 +146,10 @@ def compare(reference, stormed):
     """The storm's figures against the uninterrupted run's."""
     expected = set(reference["steps"])
     got = stormed["steps"]
+    lost = expected - set(got)
     return {
-        "steps_lost": len(expected - set(got)),
+        "steps_lost": len(lost),
+        "steps_lost_without_a_word": len(lost - set(stormed["lost_steps"])),
         "steps_doubled": len(got) - len(set(got)),
         "steps_beyond_plan": stormed["iterations"]
         + stormed["skipped_steps"]

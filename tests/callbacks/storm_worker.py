@@ -112,6 +112,7 @@ os.replace(workdir / "weights.partial.npz", workdir / "weights.npz")
 out = {
     "iterations": int(model.optimizer.iterations.numpy()),
     "skipped_steps": monitor.skipped_steps,
+    "lost_steps": monitor.lost_steps,
     "steps": frame["step"].tolist(),
     "global_norm": frame["global_norm"].tolist(),
     "skipped": frame["skipped"].tolist(),

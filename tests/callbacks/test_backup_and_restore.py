@@ -46,6 +46,7 @@ def test_storm_every_restart_succeeds(stormed):
 def test_storm_loses_doubles_and_adds_no_step(stormed):
     _, figures = stormed
     assert figures["steps_lost"] == 0
+    assert figures["steps_lost_without_a_word"] == 0
     assert figures["steps_doubled"] == 0
     assert figures["steps_beyond_plan"] == 0
 
@@ -308,3 +309,47 @@ def test_a_pointer_it_did_not_write_is_named(tmp_path):
     with pytest.raises(ValueError, match="latest.json.*backup_dir"):
         _model().fit(x, y, verbose=0,
                      callbacks=[keras_seq.callbacks.BackupAndRestore(tmp_path)])
+
+
+def test_records_missing_from_the_journal_are_named(tmp_path):
+    # A journal damaged after the backup (its last records removed): the
+    # resumed monitor names the steps the backup stood for but the journal
+    # lacks, in `lost_steps`, the report, TensorBoard and the next restart.
+    x, y = _data(nan=False)
+
+    def fit(interrupt=None):
+        monitor = keras_seq.callbacks.GradientMonitor(
+            log_dir=tmp_path / "logs", every=2
+        )
+        callbacks = [keras_seq.callbacks.BackupAndRestore(tmp_path / "b", 1), monitor]
+        with pytest.raises(KeyboardInterrupt) if interrupt else _nothing():
+            _model().fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                         callbacks=callbacks + ([Interrupt(interrupt)] if interrupt else []))
+        return monitor
+
+    fit(interrupt=6)  # steps 0..5 trained, records 0, 2, 4; backup at 6
+    segment = sorted((tmp_path / "logs" / "gradients" / "state").glob("*.jsonl"))[0]
+    lines = segment.read_text().splitlines(keepends=True)
+    kept = [l for l in lines if '"step": 4,' not in l or '"kind": "record"' not in l]
+    assert len(kept) == len(lines) - 1
+    segment.write_text("".join(kept))
+    with pytest.warns(UserWarning, match=r"step\(s\) 4 are lost"):
+        monitor = fit(interrupt=3)
+    assert monitor.lost_steps == [4]
+    assert "Records lost: step(s) 4" in monitor.report()
+    monitor = fit()  # the next restart still names it
+    assert monitor.lost_steps == [4]
+    assert monitor.to_frame()["step"].tolist() == [0, 2, 6, 8]
+    events = storm.plugin_event_accumulator.EventAccumulator(
+        str(tmp_path / "logs" / "gradients"), size_guidance={"tensors": 0}
+    )
+    events.Reload()
+    assert "gradients/lost_steps" in events.Tags()["tensors"]
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
