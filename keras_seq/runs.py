@@ -66,6 +66,7 @@ import shutil
 import sys
 import time
 
+from keras_seq import _atomic
 from keras_seq._command import COMMAND as _COMMAND
 from keras_seq._command import started_by_command as _started_by_command
 
@@ -315,14 +316,17 @@ class Run:
         """
         directory = self.log_dir(label)
         files = {"model": directory / _MODEL_FILE}
-        model.save(files["model"])
+        # Each file whole or not at all (keras_seq._atomic): a run killed
+        # while saving leaves nothing torn for `keras-seq report` to read.
+        with _atomic.replacing(files["model"]) as partial:
+            model.save(partial)
         entry = {}
         if monitor is not None:
             files["gradients"], files["timesteps"] = monitor.save(
                 directory / _GRADIENTS_FILE
             )
             files["report"] = directory / _REPORT_FILE
-            files["report"].write_text(monitor.report() + "\n", encoding="utf-8")
+            _atomic.write_text(files["report"], monitor.report() + "\n")
             entry.update(_diagnosis_entry(monitor.diagnosis()))
         entry["files"] = {
             kind: path.relative_to(self.dir).as_posix() for kind, path in files.items()
@@ -348,7 +352,8 @@ class Run:
 
         _check_label(name)
         path = self.dir / f"{name}.png"
-        figure.savefig(path, dpi=100, bbox_inches="tight")
+        with _atomic.replacing(path) as partial:
+            figure.savefig(partial, dpi=100, bbox_inches="tight")
         figure.canvas.draw()
         pixels = np.asarray(figure.canvas.buffer_rgba())[None, ..., :3]
         writer = tf.summary.create_file_writer(str(self.dir / "figures"))
@@ -399,7 +404,7 @@ class Run:
             "pictures": dict(self._figures),
         }
         text = json.dumps(summary, indent=2, allow_nan=True) + "\n"
-        (self.dir / _SUMMARY_FILE).write_text(text, encoding="utf-8")
+        _atomic.write_text(self.dir / _SUMMARY_FILE, text)
         print()
         print(describe(self.dir, commands=commands))
         return summary

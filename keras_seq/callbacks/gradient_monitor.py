@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import keras_seq._atomic as _atomic
 import keras_seq._multiworker as _multiworker
 import keras_seq._validation as validation
 import keras_seq.diagnostics as diagnostics
@@ -854,7 +855,9 @@ class GradientMonitor(keras.callbacks.Callback):
     def save(self, path):
         """Write `to_frame()` to `path` and `timestep_frame()` beside it
         (`<stem>_timesteps<suffix>`), as CSV (`.csv`) or Parquet
-        (`.parquet`, needs pyarrow).
+        (`.parquet`, needs pyarrow). Each file is written whole or not at
+        all (a temporary file beside it, renamed when complete): a process
+        killed while saving leaves the old file or the new one.
 
         Returns:
             The two paths written.
@@ -867,7 +870,8 @@ class GradientMonitor(keras.callbacks.Callback):
                 f"Received: path={str(path)!r}"
             )
         timestep_path = path.with_name(f"{path.stem}_timesteps{path.suffix}")
-        getattr(self.to_frame(), writers[path.suffix])(path, index=False)
+        with _atomic.replacing(path) as partial:  # whole or not at all
+            getattr(self.to_frame(), writers[path.suffix])(partial, index=False)
         self._records.save_timesteps(timestep_path, writers[path.suffix])
         return path, timestep_path
 
