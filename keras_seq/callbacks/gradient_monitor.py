@@ -65,24 +65,28 @@ class GradientMonitor(keras.callbacks.Callback):
 
     Sublayers are named `<layer name>/level_<i>`.
 
-    Crashes and restarts (with a `log_dir`): the monitor numbers training
-    steps from the optimizer's step count as it stands at the first batch,
-    after `keras.callbacks.BackupAndRestore` restored it, plus the steps
-    skipped for non-finite gradients. It keeps a journal under
-    `<log_dir>/gradients/state/` (see `keras_seq.callbacks.journal`): each
-    recorded step's frame row, variable norms and per-time-step rows, each
-    non-finite step, and each fit's first step, appended and flushed to the
-    operating system as each step is recorded (it survives a killed
-    process, not a power loss), after that step's TensorBoard scalars. A new
-    monitor given a `log_dir` that holds a journal (the same command started
-    again) continues it: its frames begin with what the earlier run recorded
-    before the step the restored optimizer stands for, the steps run again
-    after that appear once (the new run's), and a `SessionLog.START` event at
-    that step makes TensorBoard drop the earlier run's points from there on.
-    A crash inside a step's own write loses that step's record only. One
-    `log_dir` holds one training run: a fresh model in it (step 0), another
-    model, or a journal spanning several models starts the frames and the
-    TensorBoard run over. Without a `log_dir` nothing is kept.
+    Crashes and restarts (with a `log_dir`): use
+    `keras_seq.callbacks.BackupAndRestore`. Before each of its backups the
+    monitor commits its journal (`fsync`) and hands over its step count,
+    skip counts and last record, which the backup keeps with the weights;
+    the resumed monitor numbers steps from there (with Keras's
+    `keras.callbacks.BackupAndRestore` it maps the optimizer's restored
+    step count back to training steps through the journal). The journal,
+    under `<log_dir>/gradients/state/` (see `keras_seq.callbacks.journal`),
+    holds each recorded step's frame row, variable norms and per-time-step
+    rows, each non-finite step, and each fit's first step, appended and
+    flushed as each step is recorded, after that step's TensorBoard
+    scalars. A new monitor given a `log_dir` that holds a journal (the same
+    command started again) continues it: its frames begin with what the
+    earlier run recorded before the step the restored backup stands for,
+    the steps run again after that appear once (the new run's), and a
+    `SessionLog.START` event at that step makes TensorBoard drop the
+    earlier run's points from there on. A record the backup stood for but
+    the journal lacks (damaged after the backup) is named in `lost_steps`,
+    the report and TensorBoard. One `log_dir` holds one training run: a
+    fresh model in it (step 0), another model, or a journal spanning
+    several models starts the frames and the TensorBoard run over. Without
+    a `log_dir` nothing is kept.
 
     Args:
         log_dir: Optional TensorBoard log directory (default None: no files).
@@ -163,6 +167,9 @@ class GradientMonitor(keras.callbacks.Callback):
         held_steps: of those, the updates withheld after a non-finite step
             under `on_nan="stop"` until the fit stopped (at most `every`
             steps, or up to the epoch's end).
+        lost_steps: recorded steps whose records are lost: a restored
+            backup stood for them but the journal no longer held them
+            (empty unless a journal was damaged after a backup).
 
     Raises:
         TypeError: when attached to something that is not a Keras model, or

@@ -86,7 +86,7 @@ def storm(workdir, kills, reference, rng, mode=""):
                 time.sleep(rng.uniform(0.0, 1.0))
             else:
                 done = _updates(workdir)
-                target = int(rng.integers(done, reference["iterations"]))
+                target = int(rng.integers(done, max(done + 1, reference["iterations"])))
                 while process.poll() is None and _updates(workdir) < target:
                     time.sleep(0.002)
                 time.sleep(rng.uniform(0.0, reference["seconds_per_step"]))
