@@ -12,6 +12,9 @@ widen the window). Most kills land at a random instant of a random step
 still to train (in the step, the journal write, the backup write, between);
 one in five in the first second of training (the restore, the tracing).
 
+Also the cost of one backup, keras_seq's against Keras's `BackupAndRestore`
+on the same model in the same process (median of 15, interleaved).
+
 Rows: kills that landed / tried, restarts that failed, steps lost without a
 word, steps doubled, steps trained beyond the plan, and whether the final
 weights, the monitor's records, its per-time-step rows and TensorBoard's
@@ -60,6 +63,47 @@ def _yes(value):
     return "equal" if value else "DIFFERENT"
 
 
+def backup_cost(repeats=15):
+    """Seconds per backup (median), keras_seq's against Keras's
+    `BackupAndRestore`, on the storm's model (with its optimizer state), in
+    this process, interleaved: each repeat backs up once with each."""
+    import keras
+
+    import keras_seq
+
+    model = keras.Sequential(
+        [
+            keras.Input((12, 3)),
+            keras_seq.layers.SharedRNN(6, depth=2),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.zeros((8, 12, 3)), np.zeros((8, 1)), verbose=0)
+    times = {"keras_seq": [], "keras": []}
+    with tempfile.TemporaryDirectory(prefix="backup_cost_") as directory:
+        callbacks = {
+            "keras_seq": keras_seq.callbacks.BackupAndRestore(
+                pathlib.Path(directory) / "ours", save_freq=1
+            ),
+            "keras": keras.callbacks.BackupAndRestore(
+                pathlib.Path(directory) / "keras", save_freq=1
+            ),
+        }
+        for callback in callbacks.values():
+            callback.set_model(model)
+            callback.set_params({"epochs": 1, "steps": 10_000, "verbose": 0})
+            callback.on_train_begin()
+            callback.on_epoch_begin(0)
+        for batch in range(repeats + 2):
+            for name, callback in callbacks.items():
+                began = time.perf_counter()
+                callback.on_train_batch_end(batch)
+                if batch >= 2:  # warm-up
+                    times[name].append(time.perf_counter() - began)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=50)
@@ -91,7 +135,13 @@ def main(argv=None):
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    cost = backup_cost()
     print()
+    print("| backup (save_freq=1, storm model) | median ms per backup |")
+    print("|---|---|")
+    for name, seconds in cost.items():
+        print(f"| {name} BackupAndRestore | {seconds * 1000:.0f} |")
+    print(f"| ratio keras_seq / keras | {cost['keras_seq'] / cost['keras']:.2f}x |")
     print(json.dumps(details, indent=1)[:4000], file=sys.stderr)
 
 

@@ -302,9 +302,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._wrapper = None
         if self._set_initial_epoch:
             self.model._initial_epoch = None  # a later fit starts as asked
-        meeting = resumption.of(self.model)
-        meeting.pass_over = 0
-        meeting.restored = {}
+        # What was restored stays for the callbacks ending after this one
+        # (each takes its own state); the next fit with a backup resets it.
+        resumption.of(self.model).pass_over = 0
         if self.delete_checkpoint and self._writes() and self._directory.exists():
             # The pointer first: a kill during the removal leaves no
             # pointer to a half-removed unit.

@@ -407,7 +407,7 @@ class GradientMonitor(keras.callbacks.Callback):
         step, bad = self._next_step, self._bad_seen
         purge = None  # where readers drop earlier data; None: at `step`
         # What this monitor committed with the backup just restored.
-        restored = monitoring.resumption.of(self.model).restored.get(_NAME)
+        restored = monitoring.resumption.of(self.model).restored.pop(_NAME, None)
         if self._fits_on_model == 0:
             step = max(iterations, self._next_step)
             if restored is not None:
@@ -636,6 +636,11 @@ class GradientMonitor(keras.callbacks.Callback):
         )
 
     def on_train_end(self, logs=None):
+        if self._starting and _NAME in monitoring.resumption.of(self.model).restored:
+            # A fit that trained no batch after a restore (the same command
+            # run again after a finished run): take over the journal all
+            # the same, so the frames show the run.
+            self._begin_fit()
         if not self._starting:
             self._sync()
         self._training.uninstall()

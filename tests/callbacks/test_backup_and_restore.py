@@ -303,7 +303,8 @@ def test_a_finished_fit_deletes_the_backup_or_keeps_it(tmp_path):
         tmp_path / "b", 1, delete_checkpoint=False
     )
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[kept])
-    # The same command again: resumes at the end, trains nothing.
+    # The same command again: resumes at the end, trains nothing, and the
+    # monitor's frames still show the run.
     model = _model()
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[kept])
     assert history.history == {}
@@ -407,3 +408,31 @@ class _nothing:
 
     def __exit__(self, *exc_info):
         return False
+
+
+def test_the_same_command_after_a_finished_run_keeps_the_frames(tmp_path):
+    x, y = _data(nan=False)
+
+    def command():
+        model = _model()
+        monitor = keras_seq.callbacks.GradientMonitor(
+            log_dir=tmp_path / "logs", every=3
+        )
+        backup = keras_seq.callbacks.BackupAndRestore(
+            tmp_path / "b", 2, delete_checkpoint=False
+        )
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[backup, monitor],
+        )
+        return model, monitor, None
+
+    first = command()
+    again = command()  # nothing left to train
+    assert int(again[0].optimizer.iterations) == 10
+    _assert_same_run(first, again)
