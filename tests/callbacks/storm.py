@@ -99,7 +99,11 @@ def storm(workdir, kills, reference, rng, mode=""):
             failed += 1
             in_a_row += 1
             failures.append(stderr[-3000:])
-            print(f"restart failed ({process.returncode}):", stderr[-3000:], file=sys.stderr)
+            print(
+                f"restart failed ({process.returncode}):",
+                stderr[-3000:],
+                file=sys.stderr,
+            )
             if in_a_row >= _RESTART_LIMIT:
                 break
         else:
