@@ -119,7 +119,10 @@ out = {
     "timestep_keys": timesteps[["step", "layer", "timestep"]].values.tolist(),
     "grad_norm": timesteps["grad_norm"].tolist(),
     "planned": EPOCHS * SAMPLES // BATCH,
-    "seconds_per_step": (started.last - started.first) / max(1, started.steps - 1),
+    # None when this run trained no batch (killed after its last backup).
+    "seconds_per_step": None
+    if started.first is None
+    else (started.last - started.first) / max(1, started.steps - 1),
 }
 (workdir / "out.partial.json").write_text(json.dumps(out))
 os.replace(workdir / "out.partial.json", workdir / "out.json")
