@@ -85,8 +85,10 @@ def storm(workdir, kills, reference, rng, mode=""):
                 target = None
                 time.sleep(rng.uniform(0.0, 1.0))
             else:
+                # Spread what is left over the kills still to come.
                 done = _updates(workdir)
-                target = int(rng.integers(done, max(done + 1, reference["iterations"])))
+                span = 2 * (reference["iterations"] - done) // (kills - landed)
+                target = done + int(rng.integers(0, max(1, span)))
                 while process.poll() is None and _updates(workdir) < target:
                     time.sleep(0.002)
                 time.sleep(rng.uniform(0.0, reference["seconds_per_step"]))
