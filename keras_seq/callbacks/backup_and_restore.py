@@ -167,7 +167,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             # Its variables must exist to be loaded.
             optimizer.build(self.model.trainable_variables)
         unit = self._load(pointer)
-        self._unit = pointer
+        # The unit that loaded: after a fallback, the next backup's
+        # `previous` is this one, not the unreadable latest.
+        self._unit = unit
         self._sequence = pointer["sequence"]
         epoch, batches = unit["epoch"], unit["batch"]
         # The epoch fit starts at: Keras's own BackupAndRestore sets this
