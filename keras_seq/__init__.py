@@ -1,5 +1,5 @@
 """keras-seq: parameter-shared recurrent layers with explicit BPTT, and
-gradient-through-time monitoring, for Keras 3 on TensorFlow."""
+gradient-through-time monitoring, for Keras 3 on TensorFlow and JAX."""
 
 import importlib as _importlib
 import sys as _sys
@@ -33,18 +33,16 @@ def _load():
     """Imports Keras (checking its backend) and every subpackage, which
     registers keras-seq's classes for `keras.models.load_model`."""
     global _loading
-    import keras
+    from keras_seq import _backend
 
-    if keras.backend.backend() != "tensorflow":
-        raise ImportError(
-            "keras_seq needs the TensorFlow backend of Keras 3, but Keras is "
-            f"running on {keras.backend.backend()!r}. Set the environment "
-            "variable KERAS_BACKEND=tensorflow before importing keras (or set "
-            '"backend": "tensorflow" in ~/.keras/keras.json).'
-        )
+    _backend.check_supported()
     _loading = True
     try:
         for name in _MODULES:
+            if f"keras_seq.{name}" in _backend.TENSORFLOW_ONLY and (
+                _backend.keras.backend.backend() != "tensorflow"
+            ):
+                continue  # its import says why, see `__getattr__`
             globals()[name] = _importlib.import_module(f"keras_seq.{name}")
     finally:
         _loading = False
@@ -70,3 +68,10 @@ if _started_by_command() and "keras" not in _sys.modules:
 
 else:
     _load()
+
+    def __getattr__(name):
+        # A subpackage skipped on this backend: its import raises the
+        # ImportError that says why and what to do.
+        if name in __all__:
+            return _importlib.import_module(f"keras_seq.{name}")
+        raise AttributeError(f"module 'keras_seq' has no attribute {name!r}")

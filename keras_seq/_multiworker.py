@@ -30,13 +30,16 @@ still fails this way; when it starts passing, this module can go.
 import contextlib
 
 import keras
-import tensorflow as tf
 
 
 def active(model):
     """True when `model` trains under a `MultiWorkerMirroredStrategy` with
     more than one worker (Keras's own test, written with public API: more
     replicas in sync than devices on this worker)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
     strategy = model.distribute_strategy
     return isinstance(
         strategy, tf.distribute.MultiWorkerMirroredStrategy
@@ -66,6 +69,8 @@ class MultiWorkerTraining:
 
 
 def _first_local_batch(epoch_iterator, model):
+    import tensorflow as tf
+
     local = model.distribute_strategy.experimental_local_results
     for _, _, iterator in epoch_iterator:
         batch = next(iterator)
@@ -92,7 +97,7 @@ def _replica_axis(model, name, function, force):
     # leading axis of 1 it is the mean over replicas, as on one machine.
     def step_with_replica_axis(data):
         return keras.tree.map_structure(
-            lambda v: None if v is None else tf.expand_dims(v, 0), step(data)
+            lambda v: None if v is None else keras.ops.expand_dims(v, 0), step(data)
         )
 
     setattr(model, name, step_with_replica_axis)

@@ -31,63 +31,30 @@ loop (`_backward`) over it. It takes the same probes and gives the same
 gradients.
 """
 
-import math
-
-import keras
 import tensorflow as tf
 
-# Activations whose derivative is cheap to read off the output h = f(a).
-_DERIVATIVE_FROM_OUTPUT = {
-    "tanh": lambda h: 1.0 - h * h,
-    "sigmoid": lambda h: h * (1.0 - h),
-    "relu": lambda h: tf.cast(h > 0, h.dtype),
-    "linear": lambda h: tf.ones_like(h),
-}
-
-# Element-wise activations: their derivative is the gradient of sum(f(a)).
-ELEMENTWISE_ACTIVATIONS = frozenset(
-    list(_DERIVATIVE_FROM_OUTPUT)
-    + [
-        "celu",
-        "elu",
-        "exponential",
-        "gelu",
-        "hard_sigmoid",
-        "hard_silu",
-        "hard_swish",
-        "hard_tanh",
-        "leaky_relu",
-        "log_sigmoid",
-        "mish",
-        "relu6",
-        "selu",
-        "silu",
-        "softplus",
-        "softsign",
-        "sparse_plus",
-        "squareplus",
-        "swish",
-        "tanh_shrink",
-    ]
+from keras_seq.layers.recurrence import (
+    DERIVATIVE_FROM_OUTPUT as _DERIVATIVE_FROM_OUTPUT,
+)
+from keras_seq.layers.recurrence import (
+    ELEMENTWISE_ACTIVATIONS,
+    activation_name,
+    static_segment_length,
+    supports_explicit_bptt,
 )
 
+__all__ = [
+    "ELEMENTWISE_ACTIVATIONS",
+    "activation_name",
+    "checkpointed_recurrence",
+    "recurrence",
+    "segment_length",
+    "supports_explicit_bptt",
+]
 
 # As keras' own rnn(): lets TensorArray reads/writes of neighbouring steps
 # overlap with the step's matmul.
 _PARALLEL_ITERATIONS = 32
-
-
-def activation_name(activation):
-    """The registered name of a Keras activation, or None for a custom one."""
-    try:
-        name = keras.activations.serialize(activation)
-    except Exception:  # noqa: BLE001 - any custom callable
-        return None
-    return name if isinstance(name, str) else None
-
-
-def supports_explicit_bptt(activation):
-    return activation_name(activation) in ELEMENTWISE_ACTIVATIONS
 
 
 def _num_steps(x):
@@ -299,10 +266,7 @@ def segment_length(recompute, steps):
     mostly padding. A Python int when `steps` is one, else a scalar tensor.
     """
     if isinstance(steps, int):
-        limit = math.ceil(math.sqrt(steps)) if recompute is True else recompute
-        limit = max(1, min(int(limit), steps))
-        segments = -(-steps // limit)
-        return -(-steps // segments)
+        return static_segment_length(recompute, steps)
     steps = tf.convert_to_tensor(steps, tf.int32)
     if recompute is True:
         limit = tf.cast(tf.math.ceil(tf.sqrt(tf.cast(steps, tf.float32))), tf.int32)

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import threading
 
-import tensorflow as tf
+import keras
 
 _state = threading.local()
 
@@ -29,9 +29,9 @@ class SublayerProbe:
     layer: object
     level: int
     call: int  # 0, or 1, 2, ... when the layer is called again in one step
-    xw_probe: tf.Tensor
-    h_probe: tf.Tensor
-    initial_state: tf.Tensor
+    xw_probe: object
+    h_probe: object
+    initial_state: object
     recurrent_dropout_mask: object = None
     mask: object = None  # (T, B, 1) bool, processing order; None: all valid
     outputs: object = None
@@ -68,15 +68,13 @@ class SublayerProbe:
             `(T,)` float32, processing order.
         """
         grad_a = grads[1]
-        h_prev = tf.concat([self.initial_state[None], self.outputs[:-1]], axis=0)
-        h_prev = tf.cast(h_prev, tf.float32)
+        ops = keras.ops
+        h_prev = ops.concatenate([self.initial_state[None], self.outputs[:-1]], axis=0)
+        h_prev = ops.cast(h_prev, "float32")
         if self.recurrent_dropout_mask is not None:
-            h_prev = h_prev * tf.cast(self.recurrent_dropout_mask, tf.float32)
-        projected = tf.reshape(
-            tf.matmul(tf.reshape(h_prev, [-1, direction.shape[0]]), direction),
-            tf.shape(grad_a),
-        )
-        return tf.reduce_sum(projected * grad_a, axis=[1, 2])
+            h_prev = h_prev * ops.cast(self.recurrent_dropout_mask, "float32")
+        projected = ops.tensordot(h_prev, direction, axes=1)
+        return ops.sum(projected * grad_a, axis=[1, 2])
 
 
 class ProbeRecorder:
@@ -97,8 +95,8 @@ class ProbeRecorder:
     def add(self, layer, level, xw, initial_state, recurrent_dropout_mask, mask=None):
         """A `SublayerProbe` with zero probes shaped like `xw`, watched on the
         tape. The layer adds them and sets `outputs`."""
-        xw_probe = tf.zeros_like(xw)
-        h_probe = tf.zeros_like(xw)
+        xw_probe = keras.ops.zeros_like(xw)
+        h_probe = keras.ops.zeros_like(xw)
         self.tape.watch(xw_probe)
         self.tape.watch(h_probe)
         call = self.calls(layer, level)

@@ -2,10 +2,9 @@ import numbers
 import warnings
 
 import keras
-import tensorflow as tf
 
 from keras_seq import _validation as validation
-from keras_seq.layers import bptt, probes
+from keras_seq.layers import probes, recurrence
 from keras_seq.layers.shared_rnn_cell import SharedRNNCell
 
 
@@ -190,7 +189,7 @@ class SharedRNN(keras.layers.RNN):
             trainable=kwargs.get("trainable", True),
             name="shared_rnn_cell",
         )
-        explicit_bptt = bptt.supports_explicit_bptt(cell.activation)
+        explicit_bptt = recurrence.supports_explicit_bptt(cell.activation)
         if recompute and not explicit_bptt:
             raise ValueError(
                 "Argument `recompute` needs the explicit BPTT pass, which covers "
@@ -246,16 +245,19 @@ class SharedRNN(keras.layers.RNN):
         )
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
+        ops = keras.ops
         dtype = self.compute_dtype
-        x = tf.transpose(tf.cast(sequences, dtype), [1, 0, 2])  # time-major
+        x = ops.transpose(ops.cast(sequences, dtype), [1, 0, 2])  # time-major
         time_mask = None
         if mask is not None:
-            time_mask = tf.transpose(tf.cast(mask, tf.bool))[:, :, None]
+            time_mask = ops.transpose(ops.cast(mask, "bool"))[:, :, None]
         if self.go_backwards:
-            x = tf.reverse(x, [0])
+            x = ops.flip(x, axis=0)
             if time_mask is not None:
-                time_mask = tf.reverse(time_mask, [0])
-        input_masks, recurrent_masks = self.cell.dropout_masks(tf.shape(x)[1], training)
+                time_mask = ops.flip(time_mask, axis=0)
+        input_masks, recurrent_masks = self.cell.dropout_masks(
+            ops.shape(x)[1], training
+        )
         run = self._run_recomputing if self.recompute else self._run_levels
         outputs, states = run(
             x, initial_state, time_mask, input_masks, recurrent_masks, dtype
@@ -269,44 +271,47 @@ class SharedRNN(keras.layers.RNN):
                 shown = (
                     time_mask[-1]
                     if self.zero_output_for_mask
-                    else tf.reduce_any(time_mask, axis=0)
+                    else ops.any(time_mask, axis=0)
                 )
-                last_output = tf.where(shown, last_output, tf.zeros_like(last_output))
+                last_output = ops.where(shown, last_output, ops.zeros_like(last_output))
             return last_output, last_output[:, None], states
         if time_mask is not None:
             # As keras' rnn(): a masked step outputs zeros, or the previous
             # output, which is zero until the first valid step.
             shown = time_mask
             if not self.zero_output_for_mask:
-                shown = tf.cast(tf.math.cumsum(tf.cast(time_mask, tf.int32)), tf.bool)
-            outputs = tf.where(shown, outputs, tf.zeros_like(outputs))
+                shown = ops.cast(
+                    ops.cumsum(ops.cast(time_mask, "int32"), axis=0), "bool"
+                )
+            outputs = ops.where(shown, outputs, ops.zeros_like(outputs))
         last_output = outputs[-1]
         if self.return_sequences:
-            outputs = tf.transpose(outputs, [1, 0, 2])
+            outputs = ops.transpose(outputs, [1, 0, 2])
         else:
             outputs = last_output[:, None]
         return last_output, outputs, states
 
     def _weights(self, level, dtype):
         return tuple(
-            None if w is None else tf.cast(w, dtype)
+            None if w is None else keras.ops.cast(w, dtype)
             for w in self.cell.level_weights(level)
         )
 
     def _run_levels(
         self, x, initial_state, time_mask, input_masks, recurrent_masks, dtype
     ):
-        """One `bptt.recurrence` per sublayer: (top outputs, last states)."""
+        """One `recurrence` kernel per sublayer: (top outputs, last states)."""
+        kernels = recurrence.kernels()
         recorder = probes.active_recorder()
         # In the compute dtype: a stateful layer's states arrive as float32
         # under mixed precision, and the probes concatenate them with h_t.
-        initial_states = [tf.cast(state, dtype) for state in initial_state]
+        initial_states = [keras.ops.cast(state, dtype) for state in initial_state]
         states = []
         for level in range(self.depth):
             kernel, recurrent_kernel, bias = self._weights(level, dtype)
             if input_masks[level] is not None:
                 x = x * input_masks[level]
-            xw = tf.tensordot(x, kernel, axes=1)
+            xw = keras.ops.tensordot(x, kernel, axes=1)
             if bias is not None:
                 xw = xw + bias
             probe, record = None, None
@@ -320,7 +325,7 @@ class SharedRNN(keras.layers.RNN):
                     mask=time_mask,
                 )
                 xw, probe = xw + record.xw_probe, record.h_probe
-            x = bptt.recurrence(
+            x = kernels.recurrence(
                 xw,
                 initial_states[level],
                 recurrent_kernel,
@@ -338,14 +343,17 @@ class SharedRNN(keras.layers.RNN):
     def _run_recomputing(
         self, x, initial_state, time_mask, input_masks, recurrent_masks, dtype
     ):
-        """All sublayers in one `bptt.checkpointed_recurrence`: (top outputs
+        """All sublayers in one `checkpointed_recurrence` kernel: (top outputs
         or None when only the last one is needed, last states)."""
+        kernels = recurrence.kernels()
         recorder = probes.active_recorder()
-        initial_states = [tf.cast(state, dtype) for state in initial_state]
+        initial_states = [keras.ops.cast(state, dtype) for state in initial_state]
         records = []
         if recorder is not None:
             # The probes only take their shape from this (T, B, units) zero.
-            like = tf.zeros_like(x[:, :, :1]) + tf.zeros([self.units], dtype)
+            like = keras.ops.zeros_like(x[:, :, :1]) + keras.ops.zeros(
+                [self.units], dtype
+            )
             records = [
                 recorder.add(
                     self,
@@ -358,7 +366,7 @@ class SharedRNN(keras.layers.RNN):
                 for level in range(self.depth)
             ]
         sequences = "all" if records else ("top" if self.return_sequences else None)
-        outputs, states = bptt.checkpointed_recurrence(
+        outputs, states = kernels.checkpointed_recurrence(
             x,
             initial_states,
             [self._weights(level, dtype) for level in range(self.depth)],

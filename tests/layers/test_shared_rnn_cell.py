@@ -15,6 +15,14 @@ def test_weights_match_simple_rnn_cell_order_and_shapes(sequences):
     assert [w.shape for w in cell.weights] == [w.shape for w in reference.weights]
 
 
+@pytest.mark.xfail(
+    keras.backend.backend() == "jax",
+    strict=True,
+    reason="Keras's JAX rnn() (keras/src/backend/jax/rnn.py, Keras 3.15.1) "
+    "shows a masked step's output as the cell's *first* state; a "
+    "SharedRNNCell's output is its last (top) state. SharedRNN itself is "
+    "exact; this notices when Keras fixes it.",
+)
 @pytest.mark.parametrize("share_depth", [False, True])
 def test_in_keras_rnn_equals_shared_rnn(sequences, padded_mask, share_depth):
     layer = SharedRNN(5, depth=3, share_depth=share_depth, return_sequences=True)
