@@ -1,5 +1,6 @@
 """What every benchmark prints about the machine and the code it measured."""
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -9,9 +10,15 @@ import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_seq
+
+
+def _version(distribution):
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def git_revision():
@@ -48,7 +55,9 @@ def environment(**extra):
     return {
         "command": shlex.join([sys.executable] + sys.argv),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "keras backend": keras.backend.backend(),
+        "tensorflow": _version("tensorflow"),
+        "jax": _version("jax"),
         "keras": keras.__version__,
         "keras_seq": f"{keras_seq.__version__}, git {git_revision()}",
         **extra,

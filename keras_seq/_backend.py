@@ -7,9 +7,22 @@ the rest says so on import, naming what to do, instead of failing on a
 missing TensorFlow.
 """
 
-import keras
+import os
 
 SUPPORTED = ("tensorflow", "jax")
+_INSTALL = "`pip install keras-seq[tensorflow]` or `pip install keras-seq[jax]`"
+
+try:
+    import keras
+except ModuleNotFoundError as error:  # Keras's backend is not installed
+    if error.name not in SUPPORTED:
+        raise
+    raise ImportError(
+        f"keras_seq: Keras is set to the {error.name!r} backend "
+        f"(KERAS_BACKEND={os.environ.get('KERAS_BACKEND', '')!r} or "
+        "~/.keras/keras.json), which is not installed. Install one with "
+        f"{_INSTALL} and set KERAS_BACKEND to match."
+    ) from error
 
 # Parts that need TensorFlow for now: the import of each calls
 # `require_tensorflow` with its name.
@@ -29,8 +42,7 @@ def check_supported():
             "keras_seq runs on the TensorFlow and JAX backends of Keras 3, but "
             f"Keras is running on {backend!r}. Set the environment variable "
             "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax before importing "
-            'keras (or "backend" in ~/.keras/keras.json), with '
-            "`pip install keras-seq[tensorflow]` or `pip install keras-seq[jax]`."
+            f'keras (or "backend" in ~/.keras/keras.json), with {_INSTALL}.'
         )
 
 

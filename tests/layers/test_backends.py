@@ -183,22 +183,32 @@ def test_bidirectional_matches_simple_rnn(sequences, padded_mask, merge_mode):
 def test_recompute_gives_the_same_outputs_and_gradients(
     sequences, padded_mask, recompute
 ):
-    # depth 2: the segments carry every sublayer's state; 6 steps in
-    # segments of 4 pad the last one.
-    plain = SharedRNN(4, depth=2, return_sequences=True)
+    # depth 2: the segments carry every sublayer's state.
+    # The last states too: padding steps must not move them.
+    kwargs = dict(depth=2, return_sequences=True, return_state=True)
+    plain = SharedRNN(4, **kwargs)
     plain(sequences)
-    recomputing = SharedRNN(4, depth=2, return_sequences=True, recompute=recompute)
+    recomputing = SharedRNN(4, **kwargs, recompute=recompute)
     recomputing(sequences)
     recomputing.set_weights(plain.get_weights())
     assert_same(recomputing, plain, sequences, mask=padded_mask)
-    assert_same(recomputing, plain, sequences)
+    # 7 steps: segments of 4 (or 3) leave a padded last segment to mask.
+    longer = np.concatenate([sequences, sequences[:, :1]], axis=1)
+    assert_same(recomputing, plain, longer)
 
 
-def test_explicit_pass_equals_autodiff_with_dropout(sequences, padded_mask):
+@pytest.mark.parametrize("activation", ["tanh", "gelu"])
+def test_explicit_pass_equals_autodiff_with_dropout(sequences, padded_mask, activation):
     """With input and recurrent dropout (the same masks: the same seed), the
-    explicit backward pass equals the backend's autodiff of the same loop."""
+    explicit backward pass equals the backend's autodiff of the same loop
+    (gelu: f'(a) from recomputed pre-activations, recurrent mask included)."""
     kwargs = dict(
-        depth=2, return_sequences=True, dropout=0.3, recurrent_dropout=0.4, seed=7
+        depth=2,
+        return_sequences=True,
+        dropout=0.3,
+        recurrent_dropout=0.4,
+        seed=7,
+        activation=activation,
     )
     explicit, autodiff = SharedRNN(4, **kwargs), SharedRNN(4, **kwargs)
     explicit(sequences)

@@ -1,0 +1,65 @@
+"""Which backends keras-seq runs on, and the errors on the others (runs on
+TensorFlow and on JAX)."""
+
+import importlib
+import subprocess
+import sys
+
+import keras
+import pytest
+from conftest import BACKEND
+
+import keras_seq
+from keras_seq import _backend
+
+
+def test_an_unsupported_backend_is_named_with_the_supported_ones(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(ImportError, match="'torch'") as error:
+        _backend.check_supported()
+    for named in ("KERAS_BACKEND=tensorflow", "KERAS_BACKEND=jax", "[jax]"):
+        assert named in str(error.value)
+
+
+@pytest.mark.parametrize("part", ["callbacks", "depth", "monitoring"])
+def test_tensorflow_only_parts(part):
+    if BACKEND == "tensorflow":
+        assert importlib.import_module(f"keras_seq.{part}") is getattr(keras_seq, part)
+        return
+    with pytest.raises(ImportError, match=f"keras_seq.{part}.*TensorFlow") as error:
+        getattr(keras_seq, part)
+    assert "'jax'" in str(error.value) and "SharedRNN" in str(error.value)
+
+
+def test_truncated_bptt_says_it_needs_tensorflow():
+    if BACKEND == "tensorflow":
+        assert keras_seq.data.TruncatedBPTT.__name__ == "TruncatedBPTT"
+        return
+    with pytest.raises(ImportError, match="TruncatedBPTT"):
+        keras_seq.data.TruncatedBPTT  # noqa: B018
+    assert callable(keras_seq.data.adding_problem)  # the datasets do load
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX venv has no TensorFlow")
+def test_jax_needs_no_tensorflow():
+    """In a fresh process: keras_seq imports, builds and trains a SharedRNN
+    model, and TensorFlow is neither installed nor imported."""
+    code = (
+        "import sys, numpy as np, keras, keras_seq\n"
+        "m = keras_seq.Sequential([keras.Input((5, 3)),"
+        " keras_seq.layers.SharedRNN(4, depth=2), keras.layers.Dense(1)])\n"
+        "m.compile('adam', 'mse')\n"
+        "m.fit(np.ones((4, 5, 3)), np.ones((4, 1)), verbose=0)\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('tensorflow') is None\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"KERAS_BACKEND": "jax", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
