@@ -45,6 +45,7 @@ from keras_seq.layers.recurrence import (
 
 __all__ = [
     "ELEMENTWISE_ACTIVATIONS",
+    "project",
     "activation_name",
     "checkpointed_recurrence",
     "recurrence",
@@ -55,6 +56,11 @@ __all__ = [
 # As keras' own rnn(): lets TensorArray reads/writes of neighbouring steps
 # overlap with the step's matmul.
 _PARALLEL_ITERATIONS = 32
+
+
+def project(x, kernel):
+    """`x @ kernel` over the last axis of a `(T, B, F)` sequence."""
+    return tf.tensordot(x, kernel, axes=1)
 
 
 def _num_steps(x):

@@ -37,6 +37,7 @@ from keras_seq.layers.recurrence import (
 
 __all__ = [
     "ELEMENTWISE_ACTIVATIONS",
+    "project",
     "activation_name",
     "checkpointed_recurrence",
     "recurrence",
@@ -48,6 +49,21 @@ __all__ = [
 def segment_length(recompute, steps):
     """Steps per segment (see `keras_seq.layers.bptt.segment_length`)."""
     return static_segment_length(recompute, int(steps))
+
+
+def project(x, kernel):
+    """`x @ kernel` over the last axis of a `(T, B, F)` sequence, as one 2-D
+    matmul: XLA's CPU dot for a contraction over (T, B) (this product's
+    kernel gradient) took 2.4x longer as a 3-D tensordot than as the 2-D
+    product (T=5000, B=32, 128 units: 147 against 62 ms)."""
+    flat = x.reshape((-1, x.shape[-1])) @ kernel
+    return flat.reshape(x.shape[:-1] + (kernel.shape[-1],))
+
+
+def _contract_steps(a, b):
+    """Sum over steps and rows of `a_t^T b_t`: `(T, B, I), (T, B, J) -> (I, J)`
+    as one 2-D matmul (see `project`)."""
+    return a.reshape((-1, a.shape[-1])).T @ b.reshape((-1, b.shape[-1]))
 
 
 def _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe):
@@ -73,25 +89,28 @@ def _shifted(h0, outputs, rmask):
     return h_prev if rmask is None else h_prev * rmask
 
 
-def _gains(activation, outputs, xw, h0, recurrent_kernel, rmask):
-    """f'(a_t) for every step: read off h_t where the activation allows,
-    else the gradient of sum(f(a)) at the recomputed pre-activations."""
-    derivative = DERIVATIVE_FROM_OUTPUT.get(activation_name(activation))
-    if derivative is not None:
-        return derivative(outputs)
+def _generic_gains(activation, outputs, xw, h0, recurrent_kernel, rmask):
+    """f'(a_t) for every step of an activation whose derivative is not read
+    off its output: the gradient of sum(f(a)) at the recomputed
+    pre-activations."""
     pre_activation = xw + jnp.einsum(
         "tbi,ij->tbj", _shifted(h0, outputs, rmask), recurrent_kernel
     )
     return jax.grad(lambda a: jnp.sum(activation(a)))(pre_activation)
 
 
-def _backward(grad_outputs, outputs, h0, recurrent_kernel, gains, mask, rmask):
-    """Reverse scan: total dL/dh_t -> dL/da_t; (dxw, dh0, dU, dL/dh_t)."""
+def _backward(
+    grad_outputs, outputs, h0, recurrent_kernel, gain_of, gains, mask, rmask, want_dh
+):
+    """Reverse scan: total dL/dh_t -> dL/da_t; (dxw, dh0, dU, dL/dh_t or
+    None). f'(a_t) is `gain_of(h_t)` in the loop, or read from `gains`."""
     kernel_t = recurrent_kernel.T
 
     def step(carry, inputs):
-        grad_t, gain_t, mask_t = inputs
+        grad_t, h_t, gain_t, mask_t = inputs
         dh = grad_t + carry
+        if gain_t is None:
+            gain_t = gain_of(h_t)
         if mask_t is not None:
             # A masked step passes dh straight to h_{t-1} and trains nothing.
             gain_t = jnp.where(mask_t, gain_t, jnp.zeros_like(gain_t))
@@ -101,17 +120,19 @@ def _backward(grad_outputs, outputs, h0, recurrent_kernel, gains, mask, rmask):
             carry = carry * rmask
         if mask_t is not None:
             carry = carry + jnp.where(mask_t, jnp.zeros_like(dh), dh)
-        return carry, (da, dh)
+        return carry, ((da, dh) if want_dh else (da, None))
 
     grad_h0, (grad_xw, grad_h) = jax.lax.scan(
         step,
         jnp.zeros_like(h0),
-        (grad_outputs, gains, mask),
+        (grad_outputs, outputs if gains is None else None, gains, mask),
         reverse=True,
     )
-    grad_kernel = jnp.tensordot(
-        _shifted(h0, outputs, rmask), grad_xw, axes=[[0, 1], [0, 1]]
-    )
+    if rmask is None:
+        # Sum_t h_{t-1}^T da_t without building the shifted (T, B, U) copy.
+        grad_kernel = _contract_steps(outputs[:-1], grad_xw[1:]) + h0.T @ grad_xw[0]
+    else:
+        grad_kernel = _contract_steps(_shifted(h0, outputs, rmask), grad_xw)
     return grad_xw, grad_h0, grad_kernel, grad_h
 
 
@@ -131,9 +152,20 @@ def _explicit_forward(activation, xw, h0, recurrent_kernel, mask, rmask, probe):
 
 def _explicit_backward(activation, saved, grad_outputs):
     outputs, xw, h0, recurrent_kernel, mask, rmask, probed = saved
-    gains = _gains(activation, outputs, xw, h0, recurrent_kernel, rmask)
+    gain_of = DERIVATIVE_FROM_OUTPUT.get(activation_name(activation))
+    gains = None
+    if gain_of is None:
+        gains = _generic_gains(activation, outputs, xw, h0, recurrent_kernel, rmask)
     grad_xw, grad_h0, grad_kernel, grad_h = _backward(
-        grad_outputs, outputs, h0, recurrent_kernel, gains, mask, rmask
+        grad_outputs,
+        outputs,
+        h0,
+        recurrent_kernel,
+        gain_of,
+        gains,
+        mask,
+        rmask,
+        want_dh=probed is not None,
     )
     # No gradient for the masks; the probe's is the total dL/dh_t.
     return (
@@ -226,7 +258,7 @@ def checkpointed_recurrence(
             kernel, recurrent_kernel, bias = weights[level]
             if input_masks[level] is not None:
                 x_s = x_s * input_masks[level]
-            xw = jnp.tensordot(x_s, kernel, axes=1)
+            xw = project(x_s, kernel)
             if bias is not None:
                 xw = xw + bias
             if xw_ps[level] is not None:

@@ -311,7 +311,7 @@ class SharedRNN(keras.layers.RNN):
             kernel, recurrent_kernel, bias = self._weights(level, dtype)
             if input_masks[level] is not None:
                 x = x * input_masks[level]
-            xw = keras.ops.tensordot(x, kernel, axes=1)
+            xw = kernels.project(x, kernel)
             if bias is not None:
                 xw = xw + bias
             probe, record = None, None
