@@ -18,6 +18,7 @@ BACKEND_NEUTRAL = {
     "constraints/test_spectral_norm.py",
     "diagnostics/test_depth.py",
     "diagnostics/test_verdicts.py",
+    "distribute/test_jax_data_parallel.py",
     "layers/test_backends.py",
     "layers/test_shared_rnn_cell.py",
     "layers/test_shared_rnn_errors.py",
