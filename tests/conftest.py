@@ -20,6 +20,7 @@ BACKEND_NEUTRAL = {
     "diagnostics/test_verdicts.py",
     "distribute/test_jax_data_parallel.py",
     "layers/test_backends.py",
+    "layers/test_probes_jax.py",
     "layers/test_shared_rnn_cell.py",
     "layers/test_shared_rnn_errors.py",
     "layers/test_shared_rnn_serialization.py",

@@ -7,10 +7,13 @@ import sys
 
 import keras
 import pytest
-from conftest import BACKEND
 
 import keras_seq
 from keras_seq import _backend
+
+# Not from conftest: tests/recipes/conftest.py takes that module name
+# before the root-level modules are collected.
+BACKEND = keras.backend.backend()
 
 
 def test_an_unsupported_backend_is_named_with_the_supported_ones(monkeypatch):

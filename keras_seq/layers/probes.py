@@ -80,25 +80,39 @@ class SublayerProbe:
 class ProbeRecorder:
     """Collects the probes of every `SharedRNN` sublayer called while active.
 
+    On TensorFlow the probes are zeros watched on the step's tape. On JAX,
+    which has no tape, they are arguments of the differentiated function
+    (`keras_seq.layers.probes_jax`): `values` hands each sublayer its own,
+    in call order; without `values` each gets zeros (the pass that finds
+    their shapes).
+
     Args:
-        tape: the `tf.GradientTape` that must watch the probes.
+        tape: the `tf.GradientTape` that must watch the probes, or None.
         contributions: whether per-step contributions to the recurrent
             kernels will be asked for (probes that need extra tensors for
             them add those only then).
+        values: optional list of `(xw_probe, h_probe)`, one per sublayer
+            call, in call order.
     """
 
-    def __init__(self, tape, contributions=True):
+    def __init__(self, tape=None, contributions=True, values=None):
         self.tape = tape
         self.contributions = contributions
+        self.values = values
         self.probes = []
 
     def add(self, layer, level, xw, initial_state, recurrent_dropout_mask, mask=None):
-        """A `SublayerProbe` with zero probes shaped like `xw`, watched on the
-        tape. The layer adds them and sets `outputs`."""
-        xw_probe = keras.ops.zeros_like(xw)
-        h_probe = keras.ops.zeros_like(xw)
-        self.tape.watch(xw_probe)
-        self.tape.watch(h_probe)
+        """A `SublayerProbe` with zero probes shaped like `xw` (watched on
+        the tape, or this call's `values`). The layer adds them and sets
+        `outputs`."""
+        if self.values is not None:
+            xw_probe, h_probe = self.values[len(self.probes)]
+        else:
+            xw_probe = keras.ops.zeros_like(xw)
+            h_probe = keras.ops.zeros_like(xw)
+        if self.tape is not None:
+            self.tape.watch(xw_probe)
+            self.tape.watch(h_probe)
         call = self.calls(layer, level)
         record = SublayerProbe(
             layer=layer,
@@ -126,9 +140,10 @@ def active_recorder():
 
 
 @contextlib.contextmanager
-def recording(tape, contributions=True):
-    """Activate a `ProbeRecorder` for the layers called inside the block."""
-    recorder = ProbeRecorder(tape, contributions)
+def recording(tape=None, contributions=True, values=None):
+    """Activate a `ProbeRecorder` for the layers called inside the block
+    (see its arguments)."""
+    recorder = ProbeRecorder(tape, contributions, values)
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
