@@ -30,8 +30,10 @@ $(JAX_STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/keras-seq run next_word
 
+# Two pytest workers (pytest-xdist), one test file each at a time (module
+# fixtures run once): 10.9 instead of 21.0 min on 2 cores.
 test: $(STAMP) $(JAX_STAMP)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 	KERAS_BACKEND=jax $(JAX_VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
