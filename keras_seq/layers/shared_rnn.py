@@ -21,17 +21,19 @@ class SharedRNN(keras.layers.RNN):
     `keras.layers.Bidirectional` because one cell (`SharedRNNCell`) owns all
     the weights.
 
-    The forward pass is one `tf.while_loop` per sublayer doing a single
+    The forward pass is one loop per sublayer (`tf.while_loop` on
+    TensorFlow, `jax.lax.scan` on JAX) doing a single
     `(batch, units) x (units, units)` matmul per step (the input projection
     `x @ W + b` is one large matmul before the loop). The backward pass is a
-    hand-written reverse loop (`tf.custom_gradient`) that carries the total
-    dL/dh_t back through time and forms dL/dU as one contraction after the
-    loop, so training time stays linear in the sequence length. Gradients
-    equal TensorFlow's automatic gradient. The explicit pass covers the
-    element-wise Keras activations, masks, dropout, recurrent dropout,
-    `go_backwards`, `initial_state`, `stateful` and mixed precision. With a
-    custom activation callable (not a registered Keras activation) the layer
-    falls back to TensorFlow's automatic gradient of the same loop.
+    hand-written reverse loop (`tf.custom_gradient`, `jax.custom_vjp`) that
+    carries the total dL/dh_t back through time and forms dL/dU as one
+    contraction after the loop, so training time stays linear in the
+    sequence length. Gradients equal the backend's automatic gradient. The
+    explicit pass covers the element-wise Keras activations, masks, dropout,
+    recurrent dropout, `go_backwards`, `initial_state`, `stateful` and mixed
+    precision. With a custom activation callable (not a registered Keras
+    activation) the layer falls back to the backend's automatic gradient of
+    the same loop.
 
     By default the backward pass reads every hidden state the forward pass
     kept: training memory grows by several `(batch, timesteps, units)`
