@@ -17,11 +17,16 @@ try:
 except ModuleNotFoundError as error:  # Keras's backend is not installed
     if error.name not in SUPPORTED:
         raise
+    _setting = os.environ.get("KERAS_BACKEND")
     raise ImportError(
         f"keras_seq: Keras is set to the {error.name!r} backend "
-        f"(KERAS_BACKEND={os.environ.get('KERAS_BACKEND', '')!r} or "
-        "~/.keras/keras.json), which is not installed. Install one with "
-        f"{_INSTALL} and set KERAS_BACKEND to match."
+        + (
+            f"(KERAS_BACKEND={_setting!r})"
+            if _setting
+            else "(its default: KERAS_BACKEND is unset; or ~/.keras/keras.json)"
+        )
+        + f", which is not installed. Install one with {_INSTALL} and set "
+        "KERAS_BACKEND to match (e.g. KERAS_BACKEND=jax)."
     ) from error
 
 # Parts that need TensorFlow for now: the import of each calls

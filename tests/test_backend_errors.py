@@ -66,3 +66,18 @@ def test_jax_needs_no_tensorflow():
         env={"KERAS_BACKEND": "jax", "PATH": "/usr/bin:/bin"},
     )
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX venv has no TensorFlow")
+def test_a_backend_that_is_not_installed_names_the_extras():
+    done = subprocess.run(
+        [sys.executable, "-c", "import keras_seq"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"KERAS_BACKEND": "tensorflow", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: keras_seq: Keras is set to the 'tensorflow'")
+    assert "keras-seq[tensorflow]" in last and "keras-seq[jax]" in last
