@@ -136,22 +136,27 @@ def _backward(
     return grad_xw, grad_h0, grad_kernel, grad_h
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _explicit(activation, xw, h0, recurrent_kernel, mask, rmask, probe):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _explicit(activation, probed, xw, h0, recurrent_kernel, mask, rmask, probe):
     return _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
 
 
-def _explicit_forward(activation, xw, h0, recurrent_kernel, mask, rmask, probe):
+def _explicit_forward(activation, probed, xw, h0, recurrent_kernel, mask, rmask, probe):
     outputs = _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
     # f'(a_t) is read off h_t for the common activations: xw need not be kept.
     keep_xw = DERIVATIVE_FROM_OUTPUT.get(activation_name(activation)) is None
-    probed = None if probe is None else jnp.zeros((), probe.dtype)
-    saved = (outputs, xw if keep_xw else None, h0, recurrent_kernel, mask, rmask)
-    return outputs, saved + (probed,)
+    return outputs, (
+        outputs,
+        xw if keep_xw else None,
+        h0,
+        recurrent_kernel,
+        mask,
+        rmask,
+    )
 
 
-def _explicit_backward(activation, saved, grad_outputs):
-    outputs, xw, h0, recurrent_kernel, mask, rmask, probed = saved
+def _explicit_backward(activation, probed, saved, grad_outputs):
+    outputs, xw, h0, recurrent_kernel, mask, rmask = saved
     gain_of = DERIVATIVE_FROM_OUTPUT.get(activation_name(activation))
     gains = None
     if gain_of is None:
@@ -165,17 +170,10 @@ def _explicit_backward(activation, saved, grad_outputs):
         gains,
         mask,
         rmask,
-        want_dh=probed is not None,
+        want_dh=probed,
     )
     # No gradient for the masks; the probe's is the total dL/dh_t.
-    return (
-        grad_xw,
-        grad_h0,
-        grad_kernel,
-        None,
-        None,
-        None if probed is None else grad_h,
-    )
+    return grad_xw, grad_h0, grad_kernel, None, None, grad_h if probed else None
 
 
 _explicit.defvjp(_explicit_forward, _explicit_backward)
@@ -196,7 +194,8 @@ def recurrence(
     differentiate the scan)."""
     if not explicit:
         return _forward(xw, h0, recurrent_kernel, activation, mask, rmask, probe)
-    return _explicit(activation, xw, h0, recurrent_kernel, mask, rmask, probe)
+    probed = probe is not None  # static: whether dL/dh_t is asked for
+    return _explicit(activation, probed, xw, h0, recurrent_kernel, mask, rmask, probe)
 
 
 def checkpointed_recurrence(

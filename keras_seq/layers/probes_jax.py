@@ -33,15 +33,6 @@ def value_and_grad(loss_fn, contributions=True):
         time-major `(T, B, U)` in processing order.
     """
 
-    def probed(params, values):
-        with probes.recording(contributions=contributions, values=values) as rec:
-            loss, aux = loss_fn(params)
-        carried = [
-            (p.outputs, p.initial_state, p.mask, p.recurrent_dropout_mask)
-            for p in rec.probes
-        ]
-        return loss, (aux, carried, rec.probes)
-
     def find_shapes(params):
         with probes.recording(contributions=contributions) as rec:
             loss_fn(params)
@@ -53,8 +44,13 @@ def value_and_grad(loss_fn, contributions=True):
         found = {}
 
         def differentiated(params, values):
-            loss, (aux, carried, records) = probed(params, values)
-            found["records"] = records  # static attributes only are read
+            with probes.recording(contributions=contributions, values=values) as rec:
+                loss, aux = loss_fn(params)
+            found["records"] = rec.probes  # only static attributes are read
+            carried = [
+                (p.outputs, p.initial_state, p.mask, p.recurrent_dropout_mask)
+                for p in rec.probes
+            ]
             return loss, (aux, carried)
 
         (loss, (aux, carried)), (grads, probe_grads) = jax.value_and_grad(
