@@ -1,14 +1,26 @@
 """The monitor's TensorBoard run, `<log_dir>/gradients`: one writer, the
 tag scheme (see `GradientMonitor`'s docstring), the custom-scalars layout
 and the `SessionLog.START` event that lets a resumed run replace the steps
-it trains again."""
+it trains again.
 
+Written with TensorBoard's own event writer and summary protos, with or
+without TensorFlow installed (the same files on every backend)."""
+
+import io
 import pathlib
 import socket
 import time
 
 import numpy as np
-import tensorflow as tf
+from PIL import Image
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.histogram import summary_v2 as histogram_summary
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.plugins.text import summary_v2 as text_summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.util import tensor_util
 
 from keras_seq.callbacks import figures
 
@@ -36,7 +48,6 @@ class GradientSummaries:
         self._writer = None
         self._session_started = False
         self.layout_written = False
-        self._scalar_writers = {}  # column keys -> tf.function writing them
 
     def start_session(self, step):
         """Once per monitor, before the writer opens its file: a
@@ -50,10 +61,18 @@ class GradientSummaries:
     def writer(self, step=0):
         if self._writer is None:
             self.start_session(step)
-            self._writer = tf.summary.create_file_writer(
-                str(self.directory), flush_millis=5000
-            )
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._writer = EventFileWriter(str(self.directory), flush_secs=5)
         return self._writer
+
+    def _write(self, step, values):
+        """One event at `step` holding `values` (`summary_pb2.Summary`s)."""
+        summary = summary_pb2.Summary()
+        for value in values:
+            summary.value.extend(value.value)
+        self.writer(int(step)).add_event(
+            event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+        )
 
     def scalars(self, row, counts, histograms=None):
         """Write a record's scalars: `global_norm`, `applied_norm`, `loss`,
@@ -65,33 +84,41 @@ class GradientSummaries:
             + tuple(counts)
             + tuple(k for k in row if k.startswith(SCALAR_PREFIXES))
         )
-        with self.writer().as_default(step=row["step"]):
-            if not self.layout_written:
-                write_layout()
-                self.layout_written = True
-            # One graph call per record instead of one eager op per scalar.
-            write = self._scalar_writers.get(keys)
-            if write is None:
-                write = self._scalar_writers[keys] = _scalar_writer(keys)
-            write(np.array([row[k] for k in keys], np.float32), np.int64(row["step"]))
-            for path, gradient in (histograms or {}).items():
-                tf.summary.histogram(f"{GROUP}/values/{path}", gradient)
+        if not self.layout_written:
+            self._write(0, [layout_summary()])
+            self.layout_written = True
+        values = [
+            scalar_summary.scalar_pb(f"{GROUP}/{key}", np.float32(row[key]))
+            for key in keys
+        ]
+        values += [
+            histogram_summary.histogram_pb(
+                f"{GROUP}/values/{path}", np.asarray(gradient), buckets=30
+            )
+            for path, gradient in (histograms or {}).items()
+        ]
+        self._write(row["step"], values)
         self.flush()
 
     def epoch(self, step, diagnosis, pictures):
         """The diagnosis Markdown and the pictures (`{name: Figure}`)."""
-        with self.writer().as_default(step=step):
-            tf.summary.text(f"{GROUP}/diagnosis", diagnosis)
-            for name, figure in pictures.items():
-                tf.summary.image(f"{GROUP}/{name}", figures.to_image(figure)[None])
+        values = [text_summary.text_pb(f"{GROUP}/diagnosis", diagnosis)]
+        values += [
+            image_summary(f"{GROUP}/{name}", figures.to_image(figure))
+            for name, figure in pictures.items()
+        ]
+        self._write(step, values)
         self.flush()
 
     def extra(self, step, scalars=None, texts=None):
-        with self.writer(int(step)).as_default(step=int(step)):
-            for tag, value in (scalars or {}).items():
-                tf.summary.scalar(tag, float(value))
-            for tag, text in (texts or {}).items():
-                tf.summary.text(tag, text)
+        values = [
+            scalar_summary.scalar_pb(tag, float(value))
+            for tag, value in (scalars or {}).items()
+        ]
+        values += [
+            text_summary.text_pb(tag, text) for tag, text in (texts or {}).items()
+        ]
+        self._write(step, values)
         self.flush()
 
     def flush(self):
@@ -102,7 +129,25 @@ class GradientSummaries:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-            self._scalar_writers.clear()  # they hold the closed writer
+
+
+def image_summary(tag, pixels):
+    """A `Summary` holding one RGB image (`(height, width, 3)` uint8) as
+    `tf.summary.image` writes it: a string tensor `[width, height, PNG]`
+    for TensorBoard's images plugin."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, np.uint8)).save(buffer, format="PNG")
+    height, width = pixels.shape[:2]
+    tensor = tensor_util.make_tensor_proto(
+        np.array([str(width).encode(), str(height).encode(), buffer.getvalue()]),
+        dtype="string",
+    )
+    metadata = image_metadata.create_summary_metadata(
+        display_name=tag, description="", converted_to_tensor=True
+    )
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=tag, metadata=metadata, tensor=tensor)
+    return summary
 
 
 def write_session_start(directory, step):
@@ -113,8 +158,6 @@ def write_session_start(directory, step):
     again. Named to sort after every earlier file and before the file this
     process's summary writer opens next (in the same second `.0-` sorts
     before a process id)."""
-    from tensorboard.compat.proto import event_pb2
-
     now = time.time()
     events = [
         event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
@@ -126,20 +169,11 @@ def write_session_start(directory, step):
     ]
     name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.0-session-start"
     pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(pathlib.Path(directory) / name)) as writer:
+    with open(pathlib.Path(directory) / name, "wb") as file:
+        writer = RecordWriter(file)
         for event in events:
             writer.write(event.SerializeToString())
-
-
-def _scalar_writer(keys):
-    tags = [f"{GROUP}/{key}" for key in keys]
-
-    @tf.function(reduce_retracing=True)
-    def write(values, step):
-        for i, tag in enumerate(tags):
-            tf.summary.scalar(tag, values[i], step=step)
-
-    return write
+        writer.flush()
 
 
 def layout():
@@ -186,10 +220,18 @@ def layout():
     )
 
 
-def write_layout():
-    """Write `layout()` into the default summary writer, at step 0."""
-    from tensorboard.plugins.custom_scalar import summary as custom_scalar
+def layout_summary():
+    """`layout()` as the `Summary` TensorBoard's custom-scalars plugin reads
+    (what `tensorboard.plugins.custom_scalar.summary.pb` builds, without
+    the TensorFlow import that function makes)."""
+    from tensorboard.plugins.custom_scalar import metadata
 
-    tf.summary.experimental.write_raw_pb(
-        custom_scalar.pb(layout()).SerializeToString(), step=0
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=metadata.CONFIG_SUMMARY_TAG,
+        metadata=metadata.create_summary_metadata(),
+        tensor=tensor_util.make_tensor_proto(
+            np.array(layout().SerializeToString(), dtype=object), dtype="string"
+        ),
     )
+    return summary

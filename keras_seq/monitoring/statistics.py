@@ -5,7 +5,7 @@ the probes' gradients of one recorded step, the norms the monitor records
 from the gradient summed over replicas with loss scaling undone."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_seq.monitoring import guard
 
@@ -29,46 +29,56 @@ def end_aligned(dh, mask):
         the summed squares, how many sequences reach each aligned position,
         and how many are valid at each (unaligned) step.
     """
-    sq = tf.reduce_sum(tf.square(dh), axis=2)  # (T, B)
-    steps, batch = tf.shape(sq)[0], tf.shape(sq)[1]
+    sq = ops.sum(ops.square(dh), axis=2)  # (T, B)
+    steps, batch = ops.shape(sq)[0], ops.shape(sq)[1]
     if mask is None:
-        count = tf.fill([steps], tf.cast(batch, tf.float32))
-        return tf.reduce_sum(sq, axis=1), count, count
-    valid = tf.cast(mask[:, :, 0], tf.int32)
-    rank = tf.cumsum(valid, axis=0)  # 1..n_b at valid steps
+        count = ops.full((steps,), ops.cast(batch, "float32"))
+        return ops.sum(sq, axis=1), count, count
+    valid = ops.cast(mask[:, :, 0], "int32")
+    rank = ops.cumsum(valid, axis=0)  # 1..n_b at valid steps
     position = steps - rank[-1:] + rank - 1
-    position = tf.where(valid > 0, position, steps)  # padding -> dropped slot
-    segments = tf.reshape(position, [-1])
-    valid = tf.cast(valid, tf.float32)
-    aligned_sq = tf.math.unsorted_segment_sum(
-        tf.reshape(sq * valid, [-1]), segments, steps + 1
+    position = ops.where(valid > 0, position, steps)  # padding -> dropped slot
+    segments = ops.reshape(position, [-1])
+    valid = ops.cast(valid, "float32")
+    aligned_sq = ops.segment_sum(
+        ops.reshape(sq * valid, [-1]), segments, num_segments=steps + 1
     )[:steps]
-    aligned_count = tf.math.unsorted_segment_sum(
-        tf.reshape(valid, [-1]), segments, steps + 1
+    aligned_count = ops.segment_sum(
+        ops.reshape(valid, [-1]), segments, num_segments=steps + 1
     )[:steps]
-    return aligned_sq, aligned_count, tf.reduce_sum(valid, axis=1)
+    return aligned_sq, aligned_count, ops.sum(valid, axis=1)
 
 
 def _dense(grad, variable):
     if grad is None:
-        return tf.zeros_like(variable)
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.convert_to_tensor(grad)
+        return ops.zeros(variable.shape, variable.dtype)
+    if guard.is_sparse(grad):
+        return ops.convert_to_tensor(grad)
     return grad
 
 
 def _loss_scale(optimizer):
-    """The factor `optimizer.scale_loss` multiplied the loss by."""
+    """The factor `optimizer.scale_loss` multiplied the loss by (on JAX,
+    read inside a `keras.StatelessScope` mapping the optimizer's state)."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return tf.cast(optimizer.dynamic_scale, tf.float32)
-    return tf.constant(float(optimizer.loss_scale_factor or 1.0))
+        return ops.cast(optimizer.dynamic_scale, "float32")
+    return ops.convert_to_tensor(float(optimizer.loss_scale_factor or 1.0))
+
+
+def _norm(x):
+    return ops.sqrt(ops.sum(ops.square(x)))
 
 
 def norms(grads):
     """The norm of each gradient, `(len(grads),)` (empty for no weights)."""
     if not grads:
-        return tf.zeros([0])
-    return tf.stack([tf.norm(g) for g in grads])
+        return ops.zeros([0])
+    return ops.stack([_norm(g) for g in grads])
+
+
+def _nans(like):
+    """NaN for each step of a time-major `like`, `(T,)` float32."""
+    return ops.full(ops.shape(like)[:1], float("nan"))
 
 
 def _clip_scales(optimizer, grads):
@@ -79,11 +89,11 @@ def _clip_scales(optimizer, grads):
         optimizer = optimizer.inner_optimizer
     if optimizer.clipnorm and optimizer.clipnorm > 0:
         clip = optimizer.clipnorm
-        return [clip / tf.maximum(tf.norm(g), clip) for g in grads]
+        return [clip / ops.maximum(_norm(g), clip) for g in grads]
     if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:
         clip = optimizer.global_clipnorm
-        norm = tf.norm(norms(grads))
-        return [clip / tf.maximum(norm, clip)] * len(grads)
+        norm = _norm(norms(grads))
+        return [clip / ops.maximum(norm, clip)] * len(grads)
     if optimizer.clipvalue and optimizer.clipvalue > 0:
         return "value"
     return None
@@ -95,7 +105,7 @@ def compute(model, settings, loss, weight_grads, probe_grads, sublayer_probes):
     unscale = 1.0 / _loss_scale(optimizer)
 
     def local(gradient):
-        return tf.cast(gradient, tf.float32) * unscale
+        return ops.cast(gradient, "float32") * unscale
 
     weight_local = [local(_dense(g, v)) for g, v in zip(weight_grads, variables)]
     per_probe, start = [], 0
@@ -107,38 +117,38 @@ def compute(model, settings, loss, weight_grads, probe_grads, sublayer_probes):
     scales = _clip_scales(optimizer, weight_local)
     if scales == "value":
         clip = optimizer.clipvalue
-        applied_local = [tf.clip_by_value(g, -clip, clip) for g in weight_local]
+        applied_local = [ops.clip(g, -clip, clip) for g in weight_local]
     elif scales is not None:
         applied_local = [g * s for g, s in zip(weight_local, scales)]
     # Per-step sums: a non-finite element makes its step's sum non-finite.
     summed = guard.sum_replicas(
         {
-            "loss": tf.cast(loss, tf.float32),
+            "loss": ops.cast(loss, "float32"),
             "grads": weight_local,
             "applied": applied_local if scales is not None else [],
-            "dh_sq": [tf.reduce_sum(tf.square(g), axis=[1, 2]) for g in dh],
+            "dh_sq": [ops.sum(ops.square(g), axis=[1, 2]) for g in dh],
             # dL/dc_t of an LSTM's carry; NaN for cells without one.
             "dc_sq": [
-                tf.fill(tf.shape(g[0])[:1], float("nan"))
+                _nans(g[0])
                 if p.cell_index is None
-                else tf.reduce_sum(tf.square(g[p.cell_index]), axis=[1, 2])
+                else ops.sum(ops.square(g[p.cell_index]), axis=[1, 2])
                 for g, p in zip(per_probe, sublayer_probes)
             ],
             # Per-sample norms aligned at each sequence's last valid step.
             "aligned": [end_aligned(g, p.mask) for g, p in zip(dh, sublayer_probes)],
-            "sequences": [tf.cast(tf.shape(g)[1], tf.float32) for g in dh],
+            "sequences": [ops.cast(ops.shape(g)[1], "float32") for g in dh],
             "h_sum": [
-                tf.reduce_sum(tf.cast(p.outputs, tf.float32), axis=[1, 2])
+                ops.sum(ops.cast(p.outputs, "float32"), axis=[1, 2])
                 for p in sublayer_probes
             ],
         }
     )
     grads = summed["grads"]
     variable_norms = norms(grads)
-    global_norm = tf.norm(variable_norms)
+    global_norm = _norm(variable_norms)
     finite = guard.all_finite(guard.squared_sums(grads))
     applied = summed["applied"] or grads
-    applied_norm = tf.norm(norms(applied)) if scales is not None else global_norm
+    applied_norm = _norm(norms(applied)) if scales is not None else global_norm
 
     projections = []
     if settings.contributions and sublayer_probes:
@@ -152,37 +162,33 @@ def compute(model, settings, loss, weight_grads, probe_grads, sublayer_probes):
         for probe, grads in zip(sublayer_probes, per_probe):
             k = index.get(id(probe.recurrent_kernel))
             if k is None:  # frozen kernel, or none to probe
-                projections.append(tf.fill(tf.shape(grads[0])[:1], float("nan")))
+                projections.append(_nans(grads[0]))
                 continue
-            direction = target[k] / tf.maximum(tf.norm(target[k]), 1e-30)
+            direction = target[k] / ops.maximum(_norm(target[k]), 1e-30)
             projections.append(factors[k] * probe.contribution(grads, direction))
         projections = guard.sum_replicas(projections)
 
     sublayers = {}
     for i, probe in enumerate(sublayer_probes):
-        grad_norm = tf.sqrt(summed["dh_sq"][i])
+        grad_norm = ops.sqrt(summed["dh_sq"][i])
         values = {
             "grad_norm": grad_norm,
-            "cell_grad_norm": tf.sqrt(summed["dc_sq"][i]),
-            "contribution": projections[i]
-            if projections
-            else tf.fill(tf.shape(grad_norm), float("nan")),
-            "grad_finite": tf.cast(tf.math.is_finite(grad_norm), tf.float32),
-            "forward_finite": tf.cast(
-                tf.math.is_finite(summed["h_sum"][i]), tf.float32
-            ),
+            "cell_grad_norm": ops.sqrt(summed["dc_sq"][i]),
+            "contribution": projections[i] if projections else _nans(grad_norm),
+            "grad_finite": ops.cast(ops.isfinite(grad_norm), "float32"),
+            "forward_finite": ops.cast(ops.isfinite(summed["h_sum"][i]), "float32"),
         }
         aligned_sq, aligned_count, valid_count = summed["aligned"][i]
         values["valid_fraction"] = valid_count / summed["sequences"][i]
         if probe.layer.go_backwards:  # report in input order
-            values = {k: tf.reverse(v, [0]) for k, v in values.items()}
+            values = {k: ops.flip(v, 0) for k, v in values.items()}
         # Processing order, index -1 = every sequence's own last valid step.
-        values["aligned_norm"] = tf.sqrt(aligned_sq)
+        values["aligned_norm"] = ops.sqrt(aligned_sq)
         values["aligned_count"] = aligned_count
         sublayers[probe.name] = values
     statistics = {
         "loss": summed["loss"],
-        "finite": tf.cast(finite, tf.float32),
+        "finite": ops.cast(finite, "float32"),
         "global_norm": global_norm,
         "applied_norm": applied_norm,
         "variable_norms": variable_norms,

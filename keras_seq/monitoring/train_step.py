@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from keras_seq.layers import probes
-from keras_seq.monitoring import guard, keras_rnn
+from keras_seq.monitoring import guard, guard_tf, keras_rnn
 from keras_seq.monitoring import statistics as in_graph
 
 STATISTICS_KEY = "_keras_seq_gradient_statistics"
@@ -109,11 +109,11 @@ def monitored_step(training, data, record):
             recorder.probes,
         )
         finite = statistics["finite"] > 0
-        guard.track_peak(settings.peak, finite, statistics["global_norm"])
+        _track_peak(settings.peak, finite, statistics["global_norm"])
     elif not loss_scaling:
         squares = tf.add_n(guard.sum_replicas(guard.squared_sums(weight_grads)))
         finite = tf.math.is_finite(squares)
-        guard.track_peak(settings.peak, finite, tf.sqrt(squares))
+        _track_peak(settings.peak, finite, tf.sqrt(squares))
     overflow = tf.constant(False)
     # Under `hold` a non-finite step withholds every later update of the
     # fit: the host, which reads the counters only at recorded steps and
@@ -124,7 +124,7 @@ def monitored_step(training, data, record):
         # LossScaleOptimizer skips itself; only a non-finite loss is news.
         # Its skips are counted apart, so the report can name them.
         bad = ~tf.math.is_finite(guard.sum_replicas(tf.cast(loss, tf.float32)))
-        weight_grads = guard.nonfinite_everywhere(weight_grads)
+        weight_grads = guard_tf.nonfinite_everywhere(weight_grads)
         if not record:
             finite = guard.all_finite(
                 guard.sum_replicas(guard.squared_sums(weight_grads))
@@ -138,15 +138,21 @@ def monitored_step(training, data, record):
         if condition is None:
             model.optimizer.apply(weight_grads, variables)
         else:
-            guard.apply_if(condition, model.optimizer, weight_grads, variables)
+            guard_tf.apply_if(condition, model.optimizer, weight_grads, variables)
     # A held step is no new non-finite event, whatever its gradient.
-    guard.count(settings.counters, bad & ~held, overflow, held, settings.hold)
+    counters = settings.counters
+    counters.assign(guard.counted(counters, bad & ~held, overflow, held, settings.hold))
     if statistics:
         statistics["held"] = tf.cast(held, tf.float32)
     logs = dict(model.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
     if statistics:
         logs[STATISTICS_KEY] = statistics
     return logs
+
+
+def _track_peak(peak, finite, global_norm):
+    if peak is not None:
+        peak.assign(guard.raised_peak(peak, finite, global_norm))
 
 
 def _compute_loss(model, x, y, y_pred, sample_weight):

@@ -553,12 +553,11 @@ def test_layout_names_every_series_one_chart_per_question():
     assert not written
 
 
-def test_write_layout_writes_the_layout_tensorboard_reads(tmp_path):
-    writer = tf.summary.create_file_writer(str(tmp_path))
-    with writer.as_default():
-        summaries.write_layout()
+def test_layout_summary_holds_the_layout_tensorboard_reads(tmp_path):
+    writer = summaries.GradientSummaries(tmp_path)
+    writer._write(0, [summaries.layout_summary()])
     writer.close()
-    accumulator = event_accumulator.EventAccumulator(str(tmp_path))
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "gradients"))
     accumulator.Reload()
     (event,) = accumulator.Tensors(custom_scalar_metadata.CONFIG_SUMMARY_TAG)
     written = layout_pb2.Layout.FromString(tf.make_ndarray(event.tensor_proto).item())

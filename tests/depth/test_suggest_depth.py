@@ -235,10 +235,7 @@ def test_auto_takes_the_best_combination_measured_by_real_rebuilds():
     x, y = _data(64)
     model = keras_seq.Sequential(
         [keras.Input((T, F))]
-        + [
-            keras.layers.GRU(U, return_sequences=i < 3, name=f"g{i}")
-            for i in range(4)
-        ]
+        + [keras.layers.GRU(U, return_sequences=i < 3, name=f"g{i}") for i in range(4)]
         + [keras.layers.Dense(1, name="head")]
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
