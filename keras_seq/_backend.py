@@ -32,9 +32,7 @@ except ModuleNotFoundError as error:  # Keras's backend is not installed
 # Parts that need TensorFlow for now: the import of each calls
 # `require_tensorflow` with its name.
 TENSORFLOW_ONLY = (
-    "keras_seq.callbacks",
     "keras_seq.depth",
-    "keras_seq.monitoring",
     "keras_seq.data.TruncatedBPTT",
 )
 
@@ -59,8 +57,10 @@ def require_tensorflow(part):
             f"`{part}` runs on the TensorFlow backend of Keras only in this "
             f"version of keras-seq; Keras is running on {backend!r}. On JAX, "
             "keras-seq has the layers (SharedRNN, SharedRNNCell), "
-            "keras_seq.constraints, keras_seq.initializers, keras_seq.data's "
-            "datasets, keras_seq.diagnostics and keras_seq.Model/Sequential. "
+            "keras_seq.callbacks (GradientMonitor, BackupAndRestore, "
+            "ResetStates), keras_seq.monitoring, keras_seq.constraints, "
+            "keras_seq.initializers, keras_seq.data's datasets, "
+            "keras_seq.diagnostics and keras_seq.Model/Sequential. "
             "For the rest, install `keras-seq[tensorflow]` and set "
             "KERAS_BACKEND=tensorflow."
         )

@@ -24,7 +24,12 @@ def test_an_unsupported_backend_is_named_with_the_supported_ones(monkeypatch):
         assert named in str(error.value)
 
 
-@pytest.mark.parametrize("part", ["callbacks", "depth", "monitoring"])
+@pytest.mark.parametrize("part", ["callbacks", "monitoring"])
+def test_parts_on_both_backends(part):
+    assert importlib.import_module(f"keras_seq.{part}") is getattr(keras_seq, part)
+
+
+@pytest.mark.parametrize("part", ["depth"])
 def test_tensorflow_only_parts(part):
     if BACKEND == "tensorflow":
         assert importlib.import_module(f"keras_seq.{part}") is getattr(keras_seq, part)
@@ -52,7 +57,10 @@ def test_jax_needs_no_tensorflow():
         "m = keras_seq.Sequential([keras.Input((5, 3)),"
         " keras_seq.layers.SharedRNN(4, depth=2), keras.layers.Dense(1)])\n"
         "m.compile('adam', 'mse')\n"
-        "m.fit(np.ones((4, 5, 3)), np.ones((4, 1)), verbose=0)\n"
+        "monitor = keras_seq.callbacks.GradientMonitor(every=1)\n"
+        "m.fit(np.ones((4, 5, 3)), np.ones((4, 1)), verbose=0,"
+        " callbacks=[monitor])\n"
+        "assert len(monitor.timestep_frame()) == 10\n"
         "import importlib.util\n"
         "assert importlib.util.find_spec('tensorflow') is None\n"
         "assert 'tensorflow' not in sys.modules\n"

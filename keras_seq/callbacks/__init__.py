@@ -2,10 +2,6 @@
 truncated backpropagation through time, and backups that resume at the
 batch."""
 
-from keras_seq import _backend
-
-_backend.require_tensorflow("keras_seq.callbacks")
-
 from keras_seq.callbacks.backup_and_restore import BackupAndRestore
 from keras_seq.callbacks.gradient_monitor import GradientMonitor
 from keras_seq.callbacks.reset_states import ResetStates

@@ -4,7 +4,6 @@ import pathlib
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_seq._atomic as _atomic
 import keras_seq._multiworker as _multiworker
@@ -294,10 +293,7 @@ class GradientMonitor(keras.callbacks.Callback):
         chief under `tf.distribute.MultiWorkerMirroredStrategy`, which hold
         the same statistics and frames but write nothing."""
         model = self._model
-        if (
-            model is not None
-            and not model.distribute_strategy.extended.should_save_summary
-        ):
+        if model is not None and not monitoring.writes_summaries(model):
             return None
         return self._log_dir
 
@@ -305,30 +301,32 @@ class GradientMonitor(keras.callbacks.Callback):
     def log_dir(self, value):
         self._log_dir = value
 
+    @property
+    def model(self):
+        """The model, as Keras's `Callback.model` but without the state sync
+        that property runs on JAX. The monitor reads no weights: its numbers
+        come out of the training step. And it acts from inside the JAX
+        training function (`MonitoredTraining.on_execution`), where Keras
+        has not yet taken the new state back: a sync there would put the
+        previous step's (donated) state into the variables."""
+        return self._model
+
     # -- attaching -----------------------------------------------------------
 
     def set_model(self, model):
         monitoring.check_model(model)
         super().set_model(model)
         if self._counters is None or self._counters_model is not model:
-            with model.distribute_strategy.scope():
-                # Counted in the graph on every step, so steps inside one
-                # execution (steps_per_execution > 1) are not missed. The
-                # first step is set when the first batch begins (`_begin_fit`),
-                # after `BackupAndRestore` restored the optimizer.
-                self._counters = tf.Variable(
-                    _fresh_counters(self._next_step, 0),
-                    dtype=tf.int64,
-                    trainable=False,
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                )
-                # The largest finite global norm since the last record: an
-                # explosion to NaN between two records shows there.
-                self._peak = tf.Variable(
-                    0.0,
-                    trainable=False,
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                )
+            # Counted in the graph on every step, so steps inside one
+            # execution (steps_per_execution > 1) are not missed. The
+            # first step is set when the first batch begins (`_begin_fit`),
+            # after `BackupAndRestore` restored the optimizer.
+            self._counters = monitoring.device_variable(
+                model, _fresh_counters(self._next_step, 0)
+            )
+            # The largest finite global norm since the last record: an
+            # explosion to NaN between two records shows there.
+            self._peak = monitoring.device_variable(model, np.float32(0.0))
             if (
                 self._counters_model is not None
                 and len(self.records) > (self._model_first_record)
@@ -403,7 +401,7 @@ class GradientMonitor(keras.callbacks.Callback):
             self._records.timestep_backing = functools.partial(
                 journal.timestep_tables, state
             )
-        iterations = _iterations(self.model)
+        iterations = self._training.iterations()
         step, bad = self._next_step, self._bad_seen
         purge = None  # where readers drop earlier data; None: at `step`
         # What this monitor committed with the backup just restored.
@@ -597,7 +595,7 @@ class GradientMonitor(keras.callbacks.Callback):
             # was skipped (by the guard, or by a LossScaleOptimizer on an
             # overflow the monitor does not count): the journal maps the
             # optimizer's count back to steps from these points.
-            iterations = _iterations(self.model)
+            iterations = self._training.iterations()
             if steps - iterations != self._offset:
                 self._offset = steps - iterations
                 self._journal.offset(steps, iterations)
@@ -946,7 +944,7 @@ class GradientMonitor(keras.callbacks.Callback):
         return self.diagnosis().report()
 
 
-_COUNTER = {name: i for i, name in enumerate(monitoring.train_step.COUNTERS)}
+_COUNTER = {name: i for i, name in enumerate(monitoring.guard.COUNTERS)}
 _LOST_TAG = "gradients/lost_steps"
 
 
@@ -968,7 +966,7 @@ def _fresh_counters(step, nonfinite):
     counters[_COUNTER["steps"]] = step
     counters[_COUNTER["nonfinite"]] = nonfinite
     counters[_COUNTER["first_nonfinite"]] = counters[_COUNTER["last_nonfinite"]] = -1
-    return counters
+    return np.array(counters, np.int64)
 
 
 def _shapes(model):
@@ -976,9 +974,3 @@ def _shapes(model):
     (names carry Keras's per-process numbering, `dense_1`, so they differ
     across processes)."""
     return [list(v.shape) for v in model.trainable_variables]
-
-
-def _iterations(model):
-    """The optimizer's count of applied updates (0 without an optimizer)."""
-    optimizer = getattr(model, "optimizer", None)
-    return 0 if optimizer is None else int(optimizer.iterations.numpy())

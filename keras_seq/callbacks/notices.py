@@ -7,13 +7,16 @@ import sys
 import warnings
 
 import keras
-import tensorflow as tf
 
 from keras_seq.callbacks.reset_states import stateful_layers
-from keras_seq.monitoring import keras_rnn
+from keras_seq.monitoring import recurrent as keras_rnn
 
+# Frames a warning skips: keras_seq's, Keras's and the backend's (the
+# backend is imported by Keras before any of this runs).
+_BACKENDS = [sys.modules.get(name) for name in ("tensorflow", "jax")]
 _INTERNAL = tuple(
-    os.path.dirname(module.__file__) + os.sep for module in (keras, tf)
+    os.path.dirname(module.__file__) + os.sep
+    for module in [keras] + [m for m in _BACKENDS if m is not None]
 ) + (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
 
 
@@ -24,6 +27,16 @@ def warn(message, category=UserWarning):
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+_PROBED = (
+    "needs keras_seq.layers.SharedRNN or Keras's SimpleRNN, GRU or LSTM "
+    "(alone, stacked or Bidirectional)"
+    if keras_rnn.KERAS_RNN_PROBES
+    else "needs keras_seq.layers.SharedRNN (alone, stacked or Bidirectional): "
+    "on the JAX backend Keras's SimpleRNN, GRU and LSTM are not probed yet "
+    "(use the TensorFlow backend for their per-step data)"
+)
 
 
 def blind_spots(model):
@@ -40,9 +53,8 @@ def blind_spots(model):
         return (
             "per-layer gradient norms only (no per-time-step data, no "
             f"verdicts through time) for {', '.join(blind)}: per-step data "
-            "needs keras_seq.layers.SharedRNN or Keras's SimpleRNN, GRU or "
-            "LSTM (alone, stacked or Bidirectional); other cells and "
-            "StackedRNNCells are not probed"
+            + _PROBED
+            + "; other cells and StackedRNNCells are not probed"
         )
     return None
 

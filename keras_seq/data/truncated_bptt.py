@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-import tensorflow as tf
 
 from keras_seq import _validation as validation
 
@@ -210,6 +209,10 @@ class TruncatedBPTT:
             yield self.batch(group, chunk)
 
     def _make_dataset(self):
+        # Imported here: `ResetStates` (backend-neutral) imports this module
+        # to recognise the object, on JAX too.
+        import tensorflow as tf
+
         width = min(self.chunk_length, self.x.shape[1])
         batch = self.batch_size
         signature = (

@@ -1,13 +1,28 @@
 """The monitored step's non-finite guard and counters, backend-neutral
 (`keras.ops`): one all-finite decision per step from the summed gradient,
 the int64 (int32 on JAX) counters the host reads at recorded steps and
-epoch ends (see `train_step.COUNTERS`) and the peak norm between reads, as
+epoch ends (see `COUNTERS`) and the peak norm between reads, as
 pure functions of their old values. Applying the update only when it holds
 is the backend's part (`guard_tf.apply_if` on TensorFlow, a select of the
 old and new state in `train_step_jax`)."""
 
 import keras
 from keras import ops
+
+# The counters every step updates in the graph, by index: steps run,
+# non-finite steps, the first and last of those, updates a
+# LossScaleOptimizer skipped on an overflow behind a finite loss, updates
+# withheld after a non-finite step (`hold`), and whether one was seen
+# (`hold`: 1 from the first non-finite step of the fit on).
+COUNTERS = (
+    "steps",
+    "nonfinite",
+    "first_nonfinite",
+    "last_nonfinite",
+    "overflows",
+    "held",
+    "stopped",
+)
 
 
 def sum_replicas(values):
@@ -55,7 +70,7 @@ def raised_peak(peak, finite, global_norm):
 
 
 def counted(counters, bad, overflow, held, hold):
-    """`counters` (see `train_step.COUNTERS`) after one step."""
+    """`counters` (see `COUNTERS`) after one step."""
     dtype = counters.dtype
     step, count, first, last, overflows, held_count, stopped = ops.unstack(counters)
     bad = ops.cast(bad, dtype)

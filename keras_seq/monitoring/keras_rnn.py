@@ -34,14 +34,16 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_seq.layers import SharedRNN, probes
-from keras_seq.models.walk import nested_layers
+from keras_seq.layers import probes
+from keras_seq.monitoring.recurrent import (  # noqa: F401
+    has_timestep_data,
+    probeable,
+    recurrent_layers,
+)
 
 # Elements of one layer's per-step recurrent-kernel probe (4 bytes each):
 # above this the layer's contributions are not computed.
 KERNEL_PROBE_LIMIT = 2**24
-
-_CELLS = (keras.layers.SimpleRNNCell, keras.layers.GRUCell, keras.layers.LSTMCell)
 
 
 @dataclasses.dataclass
@@ -86,33 +88,6 @@ class KerasRNNProbe:
         return tf.reduce_sum(
             tf.cast(grads[-1], tf.float32) * direction[None], axis=[1, 2]
         )
-
-
-def recurrent_layers(model):
-    """Every recurrent layer reachable from `model`, depth first: Keras's
-    `RNN` layers (including keras_seq's `SharedRNN`) and the two directions
-    of each `Bidirectional`, each once."""
-    return [layer for layer in nested_layers(model, stop=_is_rnn) if _is_rnn(layer)]
-
-
-def _is_rnn(layer):
-    return isinstance(layer, keras.layers.RNN)
-
-
-def probeable(layer):
-    """Whether `probing` gives `layer` per-step data (a Keras RNN layer
-    with a SimpleRNN, GRU or LSTM cell and plain tensor inputs)."""
-    return (
-        isinstance(layer, keras.layers.RNN)
-        and not isinstance(layer, SharedRNN)  # has its own probes
-        and isinstance(layer.cell, _CELLS)
-    )
-
-
-def has_timestep_data(layer):
-    """Whether the monitor records per-step data for `layer`: a
-    `keras_seq.layers.SharedRNN` (its own probes) or a `probeable` one."""
-    return isinstance(layer, SharedRNN) or probeable(layer)
 
 
 @contextlib.contextmanager

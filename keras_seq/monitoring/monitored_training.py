@@ -1,9 +1,18 @@
 import dataclasses
 
 import keras
-import tensorflow as tf
+import numpy as np
 
-from keras_seq.monitoring import resumption, train_step
+from keras_seq.monitoring import resumption
+from keras_seq.monitoring.statistics import STATISTICS_KEY
+
+_JAX = keras.backend.backend() == "jax"
+if _JAX:
+    from keras_seq.monitoring import train_step_jax
+else:
+    import tensorflow as tf
+
+    from keras_seq.monitoring import train_step
 
 # Keras's own training step; a model class that replaces it is not supported.
 _KERAS_TRAIN_STEP = keras.Model.train_step
@@ -16,9 +25,10 @@ class MonitorSettings:
     """What the monitored training step must do (read at trace time).
 
     Attributes:
-        counters: `tf.Variable` int64, one value per name in
-            `keras_seq.monitoring.train_step.COUNTERS`, updated in the graph
-            on every step.
+        counters: a `tf.Variable` (int64) on TensorFlow, a `keras.Variable`
+            (int32) on JAX, one value per name in
+            `keras_seq.monitoring.guard.COUNTERS`, updated in the graph on
+            every step.
         guard: skip non-finite updates in the graph.
         hold: after a non-finite step, withhold every later update until
             the counters are reset (`on_nan="stop"`: the host reads them at
@@ -26,7 +36,7 @@ class MonitorSettings:
         histograms: return the applied gradients on recorded steps.
         contributions: project each time step's recurrent-kernel gradient on
             the applied gradient.
-        peak: optional float32 `tf.Variable`, the largest finite global
+        peak: optional float32 variable (as `counters`), the largest finite global
             gradient norm of any step since the monitor last reset it (not
             tracked under a LossScaleOptimizer).
     """
@@ -37,6 +47,35 @@ class MonitorSettings:
     contributions: bool
     peak: object = None
     hold: bool = False
+
+
+def device_variable(model, value):
+    """A non-trainable variable holding `value` (an int64 or float32 numpy
+    value) where the model's training step runs: a `tf.Variable` under the
+    model's strategy on TensorFlow (read from the first replica), a
+    `keras.Variable` on JAX (int32: JAX runs without 64-bit types), whose
+    value `MonitoredTraining` carries through each step."""
+    value = np.asarray(value)
+    if _JAX:
+        dtype = "int32" if value.dtype.kind == "i" else "float32"
+        return keras.Variable(value.astype(dtype), dtype=dtype, trainable=False)
+    with model.distribute_strategy.scope():
+        return tf.Variable(
+            value,
+            trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+
+def writes_summaries(model):
+    """Whether this process writes the monitor's files: the chief under a
+    multi-worker `tf.distribute` strategy, process 0 of a multi-process JAX
+    run, always otherwise."""
+    if _JAX:
+        import jax
+
+        return jax.process_index() == 0
+    return bool(model.distribute_strategy.extended.should_save_summary)
 
 
 def check_model(model):
@@ -116,6 +155,7 @@ class MonitoredTraining:
         self._keras_function = None
         self._installed = False
         self._selected = False  # the monitor chose this batch's function
+        self._iterations = None  # JAX: the optimizer's count after a step
 
     def install(self):
         """Make the model train with the monitored functions (light first)."""
@@ -151,6 +191,7 @@ class MonitoredTraining:
             _INSTALLED[id(model)] = self
         self.statistics = None
         self._selected = False
+        self._iterations = None
         model.train_function = self._functions[False]
 
     def __enter__(self):
@@ -177,7 +218,25 @@ class MonitoredTraining:
             if _INSTALLED.get(id(self.model)) is self:
                 del _INSTALLED[id(self.model)]
 
+    def iterations(self):
+        """The optimizer's count of applied updates (0 without an
+        optimizer): on JAX, where `fit` holds the model's variables empty
+        between epochs, the count the last step returned."""
+        if self._iterations is not None:
+            return int(self._iterations)
+        optimizer = getattr(self.model, "optimizer", None)
+        return (
+            0
+            if optimizer is None
+            else int(keras.ops.convert_to_numpy(optimizer.iterations))
+        )
+
     def _build(self):
+        if _JAX:
+            return {
+                record: self._jax_function(train_step_jax.make_step(self, record))
+                for record in (False, True)
+            }
         model = self.model
         keras_function = model.train_function
         functions = {}
@@ -221,11 +280,55 @@ class MonitoredTraining:
                 # on_train_end: Keras gets its function back now.
                 self.uninstall()
                 raise
-            self.statistics = logs.pop(train_step.STATISTICS_KEY, None)
+            self.statistics = logs.pop(STATISTICS_KEY, None)
             if self.on_execution is not None:
                 # Python only on a light step: nothing read from the device.
                 self.on_execution(self.statistics)
             return logs
+
+        return train_function
+
+    def _jax_function(self, step):
+        """Keras's JAX `train_function(state, iterator)` around `step` (see
+        `keras_seq.monitoring.train_step_jax`): `steps_per_execution` steps,
+        the monitor's counters and peak carried from step to step on the
+        device, the last step's statistics kept."""
+        model = self.model
+        settings = self.settings
+
+        def train_function(state, iterator):
+            if not self._selected:
+                keras_function = self._keras_function
+                self.uninstall()
+                return keras_function(state, iterator)
+            self._selected = False
+            if resumption.pending(model):
+                return resumption.pass_over(model, iterator, state)
+            monitor = (settings.counters.value, settings.peak.value)
+            statistics = None
+            try:
+                for index in range(model.steps_per_execution):
+                    try:
+                        data = next(iterator)
+                    except StopIteration:
+                        if index == 0:
+                            raise
+                        break
+                    logs, state, monitor, statistics, iterations = step(
+                        state, data, monitor
+                    )
+            except StopIteration:
+                raise
+            except BaseException:
+                self.uninstall()
+                raise
+            settings.counters.assign(monitor[0])
+            settings.peak.assign(monitor[1])
+            self._iterations = iterations
+            self.statistics = statistics or None
+            if self.on_execution is not None:
+                self.on_execution(self.statistics)
+            return logs, state
 
         return train_function
 

@@ -22,6 +22,8 @@ for them, by name.
 
 import weakref
 
+import keras
+
 
 class Resumption:
     """One model's meeting point (see the module docstring).
@@ -70,28 +72,36 @@ def pending(model):
     return entry is not None and entry[1].pass_over > 0
 
 
-def pass_over(model, iterator):
+def pass_over(model, iterator, state=None):
     """Read and drop the next execution's batches (`steps_per_execution` of
     them, or fewer when fewer are pending) instead of training them; return
-    what Keras's training function returns: the metrics' results."""
+    what Keras's training function returns: the metrics' results, and on
+    JAX (`state`: the step's input) `(results, state)` unchanged."""
     resumption = of(model)
     count = min(resumption.pass_over, model.steps_per_execution)
     for _ in range(count):
         next(iterator)  # StopIteration at the end of the data: Keras's signal
         resumption.pass_over -= 1
-    return model.get_metrics_result()
+    if state is None:
+        return model.get_metrics_result()
+    # JAX: `fit` holds the metric variables empty; their values are state.
+    mapping = list(zip(model.metrics_variables, state[3]))
+    with keras.StatelessScope(state_mapping=mapping):
+        return model.get_metrics_result(), state
 
 
 def passing_over(model, function):
-    """`function` (a Keras training function) that first passes over the
-    pending batches; `function` itself when it already does."""
+    """`function` (a Keras training function: `function(iterator)` on
+    TensorFlow, `function(state, iterator)` on JAX) that first passes over
+    the pending batches; `function` itself when it already does."""
     if getattr(function, "passes_over", False):
         return function
 
-    def train_function(iterator):
+    def train_function(*args):
         if pending(model):
-            return pass_over(model, iterator)
-        return function(iterator)
+            state = args[0] if len(args) == 2 else None
+            return pass_over(model, args[-1], state)
+        return function(*args)
 
     train_function.passes_over = True
     return train_function

@@ -4,10 +4,22 @@ the probes' gradients of one recorded step, the norms the monitor records
 ||dL/dh_t||, ||dL/dc_t|| and contributions of every recurrent sublayer, all
 from the gradient summed over replicas with loss scaling undone."""
 
+import typing
+
 import keras
 from keras import ops
 
 from keras_seq.monitoring import guard
+
+# The logs key under which the recording step hands its statistics out.
+STATISTICS_KEY = "_keras_seq_gradient_statistics"
+
+
+class SublayerInfo(typing.NamedTuple):
+    """Static description of one recurrent sublayer seen by the step."""
+
+    name: str
+    reverse: bool  # processing order is the reverse of input order
 
 
 def end_aligned(dh, mask):

@@ -21,7 +21,6 @@ pops them before Keras sees the logs, so neither the progress bar nor
 
 import contextlib
 import inspect
-import typing
 import warnings
 
 import keras
@@ -30,31 +29,10 @@ import tensorflow as tf
 from keras_seq.layers import probes
 from keras_seq.monitoring import guard, guard_tf, keras_rnn
 from keras_seq.monitoring import statistics as in_graph
+from keras_seq.monitoring.guard import COUNTERS
+from keras_seq.monitoring.statistics import STATISTICS_KEY, SublayerInfo
 
-STATISTICS_KEY = "_keras_seq_gradient_statistics"
-
-# The int64 counters every step updates in the graph, by index: steps run,
-# non-finite steps, the first and last of those, updates a
-# LossScaleOptimizer skipped on an overflow behind a finite loss, updates
-# withheld after a non-finite step (`hold`), and whether one was seen
-# (`hold`: 1 from the first non-finite step of the fit on).
-COUNTERS = (
-    "steps",
-    "nonfinite",
-    "first_nonfinite",
-    "last_nonfinite",
-    "overflows",
-    "held",
-    "stopped",
-)
 _STOPPED = COUNTERS.index("stopped")
-
-
-class SublayerInfo(typing.NamedTuple):
-    """Static description of one recurrent sublayer seen by the step."""
-
-    name: str
-    reverse: bool  # processing order is the reverse of input order
 
 
 def monitored_step(training, data, record):
