@@ -10,7 +10,9 @@ SimpleRNN/GRU (reset_after=True)/LSTM or a Bidirectional of one (merge
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
 
 
 def _sigmoid(a):
@@ -122,3 +124,121 @@ def timestep_gradients(model, x, y, mask=None):
         direction = total / np.linalg.norm(total)
         contributions[name] = np.array([np.sum(g * direction) for g in per_step])[back]
     return norms, cell_norms, contributions, float(loss)
+
+
+def unrolled_gradients(model, x, y, mask=None):
+    """What `timestep_gradients` gives, on either backend: the same cell
+    equations in float32 `keras.ops`, one Python step at a time, with a zero
+    added to every h_t, c_t and every step's copy of the recurrent kernel,
+    differentiated by the backend's own autodiff (`jax.grad` or a tape)."""
+    ops = keras.ops
+    directions = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            directions += [layer.forward_layer, layer.backward_layer]
+        elif isinstance(layer, keras.layers.RNN):
+            directions.append(layer)
+    batch, steps = x.shape[0], x.shape[1]
+    zeros = {}
+    for layer in directions:
+        units, kernel = layer.cell.units, layer.get_weights()[1]
+        zeros[layer.name] = [
+            np.zeros((steps, batch, units), "float32"),
+            np.zeros((steps, batch, units), "float32"),
+            np.zeros((steps,) + kernel.shape, "float32"),
+        ]
+
+    def sigmoid(a):
+        return 1.0 / (1.0 + ops.exp(-a))
+
+    def cell(kind, weights, x_t, state, kernel, eps_h, eps_c):
+        w, b = weights[0], weights[2]
+        if kind == "SimpleRNN":
+            h = ops.tanh(ops.matmul(x_t, w) + ops.matmul(state[0], kernel) + b)
+            return [h + eps_h]
+        if kind == "LSTM":
+            z = ops.matmul(x_t, w) + ops.matmul(state[0], kernel) + b
+            i, f, g, o = ops.split(z, 4, axis=1)
+            c = sigmoid(f) * state[1] + sigmoid(i) * ops.tanh(g) + eps_c
+            return [sigmoid(o) * ops.tanh(c) + eps_h, c]
+        x_z, x_r, x_h = ops.split(ops.matmul(x_t, w) + b[0], 3, axis=1)
+        r_z, r_r, r_h = ops.split(ops.matmul(state[0], kernel) + b[1], 3, axis=1)
+        z, r = sigmoid(x_z + r_z), sigmoid(x_r + r_r)
+        h = z * state[0] + (1 - z) * ops.tanh(x_h + r * r_h)
+        return [h + eps_h]
+
+    def direction(layer, inputs, probes):
+        kind = type(layer).__name__
+        weights = layer.get_weights()
+        eps_h, eps_c, eps_k = probes
+        units = layer.cell.units
+        state = [ops.zeros((batch, units))] * (2 if kind == "LSTM" else 1)
+        previous = ops.zeros((batch, units))
+        outputs = []
+        order = list(range(steps))[:: -1 if layer.go_backwards else 1]
+        for k, t in enumerate(order):
+            kernel = weights[1] + eps_k[k]
+            new = cell(kind, weights, inputs[:, t], state, kernel, eps_h[k], eps_c[k])
+            shown = new[0]
+            if mask is not None:
+                valid = mask[:, t : t + 1]
+                hidden = (
+                    ops.zeros_like(shown) if layer.zero_output_for_mask else previous
+                )
+                shown = ops.where(valid, shown, hidden)
+                new = [ops.where(valid, n, s) for n, s in zip(new, state)]
+            outputs.append(shown)
+            previous, state = shown, new
+        if layer.return_sequences:
+            return ops.stack(outputs, axis=1)  # processing order, as Keras
+        return outputs[-1]
+
+    names = list(zeros)
+
+    def loss(*flat):
+        probes = {n: flat[3 * i : 3 * i + 3] for i, n in enumerate(names)}
+        h = ops.convert_to_tensor(x)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Masking):
+                continue
+            if isinstance(layer, keras.layers.Bidirectional):
+                forward = direction(
+                    layer.forward_layer, h, probes[layer.forward_layer.name]
+                )
+                backward = direction(
+                    layer.backward_layer, h, probes[layer.backward_layer.name]
+                )
+                if layer.return_sequences:
+                    backward = ops.flip(backward, 1)
+                h = ops.concatenate([forward, backward], axis=-1)
+            elif isinstance(layer, keras.layers.RNN):
+                h = direction(layer, h, probes[layer.name])
+            else:  # the Dense head
+                kernel, bias = layer.get_weights()
+                h = ops.matmul(h, kernel) + bias
+        return ops.mean(ops.square(h - y))
+
+    flat = [z for n in names for z in zeros[n]]
+    if keras.backend.backend() == "jax":
+        import jax
+
+        value = float(loss(*flat))
+        grads = jax.grad(loss, argnums=tuple(range(len(flat))))(*flat)
+    else:
+        flat = [tf.convert_to_tensor(z) for z in flat]
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            result = loss(*flat)
+        value = float(result)
+        grads = tape.gradient(result, flat)
+    norms, cell_norms, contributions = {}, {}, {}
+    for i, layer in enumerate(directions):
+        dh, dc, dk = (np.asarray(g) for g in grads[3 * i : 3 * i + 3])
+        back = slice(None, None, -1) if layer.go_backwards else slice(None)
+        norms[layer.name] = np.sqrt(np.sum(dh**2, axis=(1, 2)))[back]
+        if type(layer).__name__ == "LSTM":
+            cell_norms[layer.name] = np.sqrt(np.sum(dc**2, axis=(1, 2)))[back]
+        total = dk.sum(axis=0)
+        per_step = np.sum(dk * (total / np.linalg.norm(total)), axis=(1, 2))
+        contributions[layer.name] = per_step[back]
+    return norms, cell_norms, contributions, value

@@ -29,16 +29,6 @@ def warn(message, category=UserWarning):
     warnings.warn(message, category, stacklevel=level)
 
 
-_PROBED = (
-    "needs keras_seq.layers.SharedRNN or Keras's SimpleRNN, GRU or LSTM "
-    "(alone, stacked or Bidirectional)"
-    if keras_rnn.KERAS_RNN_PROBES
-    else "needs keras_seq.layers.SharedRNN (alone, stacked or Bidirectional): "
-    "on the JAX backend Keras's SimpleRNN, GRU and LSTM are not probed yet "
-    "(use the TensorFlow backend for their per-step data)"
-)
-
-
 def blind_spots(model):
     """A report line when `model` has no recurrent layer, or recurrent
     layers the monitor cannot see through time; None otherwise."""
@@ -53,8 +43,9 @@ def blind_spots(model):
         return (
             "per-layer gradient norms only (no per-time-step data, no "
             f"verdicts through time) for {', '.join(blind)}: per-step data "
-            + _PROBED
-            + "; other cells and StackedRNNCells are not probed"
+            "needs keras_seq.layers.SharedRNN or Keras's SimpleRNN, GRU or "
+            "LSTM (alone, stacked or Bidirectional); other cells and "
+            "StackedRNNCells are not probed"
         )
     return None
 

@@ -26,6 +26,9 @@ class SublayerProbe:
     for `go_backwards`).
     """
 
+    # Fields that hold this pass's values (see `probes_jax`).
+    CARRIED = ("initial_state", "recurrent_dropout_mask", "mask", "outputs")
+
     layer: object
     level: int
     call: int  # 0, or 1, 2, ... when the layer is called again in one step
@@ -82,17 +85,17 @@ class ProbeRecorder:
 
     On TensorFlow the probes are zeros watched on the step's tape. On JAX,
     which has no tape, they are arguments of the differentiated function
-    (`keras_seq.layers.probes_jax`): `values` hands each sublayer its own,
-    in call order; without `values` each gets zeros (the pass that finds
-    their shapes).
+    (`keras_seq.layers.probes_jax`): `values` hands each probed layer its
+    own, in call order; without `values` each gets zeros (the pass that
+    finds their shapes).
 
     Args:
         tape: the `tf.GradientTape` that must watch the probes, or None.
         contributions: whether per-step contributions to the recurrent
             kernels will be asked for (probes that need extra tensors for
             them add those only then).
-        values: optional list of `(xw_probe, h_probe)`, one per sublayer
-            call, in call order.
+        values: optional list, one entry per probed call in call order, of
+            the probes in the order of that record's `sources`.
     """
 
     def __init__(self, tape=None, contributions=True, values=None):
@@ -105,8 +108,9 @@ class ProbeRecorder:
         """A `SublayerProbe` with zero probes shaped like `xw` (watched on
         the tape, or this call's `values`). The layer adds them and sets
         `outputs`."""
-        if self.values is not None:
-            xw_probe, h_probe = self.values[len(self.probes)]
+        given = self.next_values()
+        if given is not None:
+            h_probe, xw_probe = given
         else:
             xw_probe = keras.ops.zeros_like(xw)
             h_probe = keras.ops.zeros_like(xw)
@@ -126,6 +130,13 @@ class ProbeRecorder:
         )
         self.probes.append(record)
         return record
+
+    def next_values(self):
+        """The probes given for the next record (in its `sources` order),
+        or None when the recorder makes its own."""
+        if self.values is None:
+            return None
+        return self.values[len(self.probes)]
 
     def calls(self, layer, level=0):
         """How many probes `layer`'s `level` has added so far (a layer called

@@ -10,6 +10,8 @@ handed to the sublayers in call order through `probes.recording(values=)`.
 Everything here is traceable: a jitted training step calls it as is.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -26,21 +28,22 @@ def value_and_grad(loss_fn, contributions=True):
 
     Returns:
         A function of `params` giving `((loss, aux, records), (grads,
-        probe_grads))`: `records` are the `SublayerProbe`s of the pass, in
-        call order, with their `outputs`, `initial_state`, `mask` and
-        recurrent dropout mask as values of this pass; `probe_grads` holds
-        per record `[dL/dh, dL/dxw]` (the order of `SublayerProbe.sources`),
-        time-major `(T, B, U)` in processing order.
+        probe_grads))`: `records` are the probes of the pass in call order
+        (`SublayerProbe` for `SharedRNN` sublayers, `KerasRNNProbe` for
+        Keras's own layers under `keras_rnn.probing`), their `CARRIED`
+        fields holding values of this pass; `probe_grads` holds per record
+        the gradients of its `sources` (`[dL/dh, dL/dxw]` for a sublayer),
+        time-major in processing order.
     """
 
     def find_shapes(params):
         with probes.recording(contributions=contributions) as rec:
             loss_fn(params)
-        return [(p.xw_probe, p.h_probe) for p in rec.probes]
+        return [list(p.sources) for p in rec.probes]
 
     def run(params):
         shapes = jax.eval_shape(find_shapes, params)
-        zeros = [tuple(jnp.zeros(s.shape, s.dtype) for s in pair) for pair in shapes]
+        zeros = [[jnp.zeros(s.shape, s.dtype) for s in record] for record in shapes]
         found = {}
 
         def differentiated(params, values):
@@ -48,32 +51,17 @@ def value_and_grad(loss_fn, contributions=True):
                 loss, aux = loss_fn(params)
             found["records"] = rec.probes  # only static attributes are read
             carried = [
-                (p.outputs, p.initial_state, p.mask, p.recurrent_dropout_mask)
-                for p in rec.probes
+                tuple(getattr(p, name) for name in p.CARRIED) for p in rec.probes
             ]
             return loss, (aux, carried)
 
         (loss, (aux, carried)), (grads, probe_grads) = jax.value_and_grad(
             differentiated, argnums=(0, 1), has_aux=True
         )(params, zeros)
-        records = []
-        for record, values in zip(found["records"], carried):
-            outputs, initial_state, mask, rmask = values
-            records.append(
-                probes.SublayerProbe(
-                    layer=record.layer,
-                    level=record.level,
-                    call=record.call,
-                    xw_probe=None,
-                    h_probe=None,
-                    initial_state=initial_state,
-                    recurrent_dropout_mask=rmask,
-                    mask=mask,
-                    outputs=outputs,
-                )
-            )
-        # `sources` order: [h, xw].
-        probe_grads = [[h, xw] for xw, h in probe_grads]
+        records = [
+            dataclasses.replace(record, **dict(zip(record.CARRIED, values)))
+            for record, values in zip(found["records"], carried)
+        ]
         return (loss, aux, records), (grads, probe_grads)
 
     return run

@@ -10,7 +10,7 @@ and `train_step_jax` on JAX.
 
 import keras
 
-from keras_seq.monitoring import guard, resumption  # noqa: F401
+from keras_seq.monitoring import guard, keras_rnn, resumption  # noqa: F401
 from keras_seq.monitoring.monitored_training import (
     MonitoredTraining,
     MonitorSettings,
@@ -20,7 +20,7 @@ from keras_seq.monitoring.monitored_training import (
 )
 
 if keras.backend.backend() == "tensorflow":
-    from keras_seq.monitoring import keras_rnn, train_step  # noqa: F401
+    from keras_seq.monitoring import train_step  # noqa: F401
 else:
     from keras_seq.monitoring import train_step_jax  # noqa: F401
 

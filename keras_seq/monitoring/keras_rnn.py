@@ -32,7 +32,7 @@ import inspect
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_seq.layers import probes
 from keras_seq.monitoring.recurrent import (  # noqa: F401
@@ -40,6 +40,12 @@ from keras_seq.monitoring.recurrent import (  # noqa: F401
     probeable,
     recurrent_layers,
 )
+
+_TF = keras.backend.backend() == "tensorflow"
+if _TF:
+    import tensorflow as tf
+else:
+    import jax
 
 # Elements of one layer's per-step recurrent-kernel probe (4 bytes each):
 # above this the layer's contributions are not computed.
@@ -53,9 +59,12 @@ class KerasRNNProbe:
     Sequences are time-major `(T, B, ...)` in processing order.
     """
 
+    # Fields that hold this pass's values (see `probes_jax`).
+    CARRIED = ("mask", "outputs")
+
     layer: object
     call: int
-    h_probe: tf.Tensor
+    h_probe: object
     c_probe: object = None
     kernel_probe: object = None
     mask: object = None  # (T, B, 1) bool or None
@@ -85,9 +94,7 @@ class KerasRNNProbe:
 
     def contribution(self, grads, direction):
         """`<dL/dU_t, direction>` for every step t, processing order."""
-        return tf.reduce_sum(
-            tf.cast(grads[-1], tf.float32) * direction[None], axis=[1, 2]
-        )
+        return ops.sum(ops.cast(grads[-1], "float32") * direction[None], axis=[1, 2])
 
 
 @contextlib.contextmanager
@@ -112,7 +119,7 @@ def _probed_inner_loop(layer):
 
     def inner_loop(sequences, initial_state, mask, training=False):
         recorder = probes.active_recorder()
-        if recorder is None or not isinstance(sequences, tf.Tensor):
+        if recorder is None or not ops.is_tensor(sequences):
             return keras_inner_loop(layer, sequences, initial_state, mask, training)
         return _run(layer, recorder, sequences, initial_state, mask, training)
 
@@ -133,7 +140,7 @@ def _probed_carry(cell, probe):
     def probed(value):
         seen.append(value)
         if len(seen) == 2:
-            value = value + tf.cast(probe, value.dtype)
+            value = value + ops.cast(probe, value.dtype)
         return activation(value)
 
     cell.activation = probed
@@ -150,35 +157,50 @@ def _run(layer, recorder, sequences, initial_state, mask, training):
     kwargs = {}
     if "training" in inspect.signature(cell.call).parameters:
         kwargs["training"] = training
-    x = tf.transpose(sequences, [1, 0, 2])  # (T, B, F)
+    x = ops.transpose(sequences, [1, 0, 2])  # (T, B, F)
     time_mask = None
     if mask is not None:
-        time_mask = tf.transpose(tf.cast(mask, tf.bool))[:, :, None]
+        time_mask = ops.transpose(ops.cast(mask, "bool"))[:, :, None]
     if layer.go_backwards:
-        x = tf.reverse(x, [0])
+        x = ops.flip(x, 0)
         if time_mask is not None:
-            time_mask = tf.reverse(time_mask, [0])
+            time_mask = ops.flip(time_mask, 0)
     states = list(keras.tree.flatten(initial_state))
     h0 = states[0]
-    steps = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
-    batch = tf.shape(x)[1]
-
-    def zeros(shape, dtype):
-        probe = tf.zeros(shape, dtype)
-        recorder.tape.watch(probe)
-        return probe
-
-    h_probe = zeros(tf.stack([steps, batch, h0.shape[-1]]), h0.dtype)
-    c_probe = None
-    if isinstance(cell, keras.layers.LSTMCell):
-        c_probe = zeros(tf.stack([steps, batch, states[1].shape[-1]]), states[1].dtype)
-    kernel_probe, kernel = None, None
+    steps = x.shape[0] if x.shape[0] is not None else ops.shape(x)[0]
+    batch = ops.shape(x)[1]
     variable = cell.recurrent_kernel
     size = (x.shape[0] or 0) * math.prod(variable.shape)
-    if recorder.contributions and variable.trainable and size <= KERNEL_PROBE_LIMIT:
-        kernel = tf.convert_to_tensor(variable.value)
-        kernel_probe = zeros(
-            tf.concat([[steps], tf.shape(kernel)], axis=0), variable.dtype
+    with_kernel = (
+        recorder.contributions and variable.trainable and size <= KERNEL_PROBE_LIMIT
+    )
+    lstm = isinstance(cell, keras.layers.LSTMCell)
+    shapes = [((steps, batch, h0.shape[-1]), h0.dtype)]
+    if lstm:
+        shapes.append(((steps, batch, states[1].shape[-1]), states[1].dtype))
+    if with_kernel:
+        shapes.append(((steps, *variable.shape), variable.dtype))
+    given = recorder.next_values()
+    if given is None:
+        # TensorFlow: zeros the step's tape watches. JAX: zeros (the pass
+        # that finds the probes' shapes) or the arguments given.
+        given = [ops.zeros(shape, dtype) for shape, dtype in shapes]
+        if recorder.tape is not None:
+            for probe in given:
+                recorder.tape.watch(probe)
+    given = list(given)
+    h_probe = given.pop(0)
+    c_probe = given.pop(0) if lstm else None
+    kernel_probe, kernel = None, None
+    if with_kernel:
+        kernel_probe = given.pop(0)
+        kernel = ops.convert_to_tensor(variable.value)
+        # On JAX the cell runs inside Keras's stateless call, whose scope
+        # maps every variable to its value: an inner scope must map all of
+        # the cell's, not only the probed kernel (Keras reads the innermost
+        # scope only, then the variable's own value, empty during `fit`).
+        current = (
+            [] if _TF else [(v, v.value) for v in cell.variables if v is not variable]
         )
 
     elems = [x, h_probe]
@@ -194,9 +216,9 @@ def _run(layer, recorder, sequences, initial_state, mask, training):
         m_t = rest.pop(0) if time_mask is not None else None
         with contextlib.ExitStack() as stack:
             if k_t is not None:
-                mapped = kernel + tf.cast(k_t, kernel.dtype)
+                mapped = kernel + ops.cast(k_t, kernel.dtype)
                 stack.enter_context(
-                    keras.StatelessScope(state_mapping=[(variable, mapped)])
+                    keras.StatelessScope(state_mapping=current + [(variable, mapped)])
                 )
             if c_t is not None:
                 carries = stack.enter_context(_probed_carry(cell, c_t))
@@ -214,13 +236,13 @@ def _run(layer, recorder, sequences, initial_state, mask, training):
                 )
             new_states[1] = new_states[1] + c_t
         if m_t is not None:
-            hidden = tf.zeros_like(output) if layer.zero_output_for_mask else previous
-            output = tf.where(m_t, output, hidden)
-            new_states = [tf.where(m_t, n, o) for n, o in zip(new_states, states)]
+            hidden = ops.zeros_like(output) if layer.zero_output_for_mask else previous
+            output = ops.where(m_t, output, hidden)
+            new_states = [ops.where(m_t, n, o) for n, o in zip(new_states, states)]
         return (output, *new_states)
 
-    initializer = (tf.zeros_like(h0), *states)
-    carried = tf.scan(step, tuple(elems), initializer=initializer)
+    initializer = (ops.zeros_like(h0), *states)
+    carried = _scan(step, tuple(elems), initializer)
     outputs, state_sequences = carried[0], carried[1:]
     probe = KerasRNNProbe(
         layer=layer,
@@ -234,7 +256,20 @@ def _run(layer, recorder, sequences, initial_state, mask, training):
     recorder.probes.append(probe)
     last_output = outputs[-1]
     if layer.return_sequences:
-        sequence = tf.transpose(outputs, [1, 0, 2])
+        sequence = ops.transpose(outputs, [1, 0, 2])
     else:
         sequence = last_output[:, None]
     return last_output, sequence, [s[-1] for s in state_sequences]
+
+
+def _scan(step, elems, initializer):
+    """Every carry of `step` over time, stacked, as `tf.scan` gives them
+    (`jax.lax.scan` on JAX)."""
+    if _TF:
+        return tf.scan(step, elems, initializer=initializer)
+
+    def body(carry, elems):
+        carry = step(carry, elems)
+        return carry, carry
+
+    return jax.lax.scan(body, initializer, elems)[1]

@@ -7,8 +7,6 @@ from keras_seq.layers import SharedRNN
 from keras_seq.models.walk import nested_layers
 
 _CELLS = (keras.layers.SimpleRNNCell, keras.layers.GRUCell, keras.layers.LSTMCell)
-# Keras's own SimpleRNN/GRU/LSTM are probed by `keras_rnn` (TensorFlow).
-KERAS_RNN_PROBES = keras.backend.backend() == "tensorflow"
 
 
 def recurrent_layers(model):
@@ -24,11 +22,9 @@ def _is_rnn(layer):
 
 def probeable(layer):
     """Whether `keras_rnn.probing` gives `layer` per-step data (a Keras RNN
-    layer with a SimpleRNN, GRU or LSTM cell and plain tensor inputs; on
-    TensorFlow only so far)."""
+    layer with a SimpleRNN, GRU or LSTM cell and plain tensor inputs)."""
     return (
-        KERAS_RNN_PROBES
-        and isinstance(layer, keras.layers.RNN)
+        isinstance(layer, keras.layers.RNN)
         and not isinstance(layer, SharedRNN)  # has its own probes
         and isinstance(layer.cell, _CELLS)
     )

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import keras
 
 from keras_seq.layers import probes_jax
-from keras_seq.monitoring import guard
+from keras_seq.monitoring import guard, keras_rnn
 from keras_seq.monitoring import statistics as in_graph
 from keras_seq.monitoring.guard import COUNTERS
 
@@ -61,7 +61,8 @@ def monitored_step(training, state, data, monitor, record):
 
     if record:
         run = probes_jax.value_and_grad(loss_fn, settings.contributions)
-        (_, aux, records), (grads, probe_grads) = run(trainable)
+        with keras_rnn.probing(model, True):
+            (_, aux, records), (grads, probe_grads) = run(trainable)
         flat_probe_grads = [g for pair in probe_grads for g in pair]
     else:
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)

@@ -199,3 +199,62 @@ def test_tensorboard_files_hold_the_frame(tmp_path):
     assert png.startswith(b"\x89PNG") and int(width) > 0 and int(height) > 0
     if BACKEND == "jax":
         assert "tensorflow" not in sys.modules
+
+
+def keras_layers(case):
+    def rnn(kind, **kwargs):
+        return getattr(keras.layers, kind)(4, **kwargs)
+
+    return {
+        "simple": [rnn("SimpleRNN", name="rnn")],
+        "gru-backwards": [rnn("GRU", go_backwards=True, name="rnn")],
+        "lstm-stack": [
+            rnn("LSTM", return_sequences=True, name="low"),
+            rnn("LSTM", name="top"),
+        ],
+        "bidirectional-lstm-sequences": [
+            keras.layers.Bidirectional(rnn("LSTM", return_sequences=True), name="bi"),
+            rnn("GRU", name="top"),
+        ],
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case", ["simple", "gru-backwards", "lstm-stack", "bidirectional-lstm-sequences"]
+)
+def test_keras_layers_equal_an_unrolled_loop(case):
+    from reference_keras_rnn import unrolled_gradients
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, STEPS, 3)).astype("float32")
+    y = rng.standard_normal((4, 2)).astype("float32")
+    mask = np.ones((4, STEPS), bool)
+    mask[0, 5:] = False  # trailing padding
+    mask[1, :2] = False  # leading padding
+    mask[2, 1:3] = False  # a hole
+    x[~mask] = 0.0
+    net = keras.Sequential(
+        [keras.Input((STEPS, 3)), keras.layers.Masking(0.0)]
+        + keras_layers(case)
+        + [keras.layers.Dense(2)]
+    )
+    net.compile(optimizer="sgd", loss="mse")
+    norms, cell_norms, contributions, loss = unrolled_gradients(net, x, y, mask)
+
+    monitor = GradientMonitor(every=1)
+    net.fit(x, y, batch_size=4, verbose=0, callbacks=[monitor])
+    frame = monitor.timestep_frame()
+    assert sorted(frame.layer.unique()) == sorted(f"{n}/level_0" for n in norms)
+    for name in norms:
+        rows = frame[frame.layer == f"{name}/level_0"].sort_values("timestep")
+        np.testing.assert_allclose(rows.grad_norm, norms[name], rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(
+            rows.contribution, contributions[name], rtol=1e-4, atol=1e-7
+        )
+        if name in cell_norms:
+            np.testing.assert_allclose(
+                rows.cell_grad_norm, cell_norms[name], rtol=1e-4, atol=1e-8
+            )
+        else:
+            assert rows.cell_grad_norm.isna().all()
+    assert monitor.to_frame().loss.iloc[0] == pytest.approx(loss, rel=1e-5)
