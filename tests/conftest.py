@@ -16,6 +16,7 @@ BACKEND = keras.backend.backend()
 # without TensorFlow); every other module needs TensorFlow.
 BACKEND_NEUTRAL = {
     "callbacks/test_gradient_monitor_backends.py",
+    "callbacks/test_gradient_monitor_resume.py",
     "constraints/test_spectral_norm.py",
     "diagnostics/test_depth.py",
     "diagnostics/test_verdicts.py",

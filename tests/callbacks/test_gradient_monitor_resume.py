@@ -2,7 +2,8 @@
 same command (`keras.callbacks.BackupAndRestore`) resumes the monitor's
 frames and TensorBoard scalars: every training step once, none lost.
 
-resume_worker.py runs twice, in fresh processes (about 10 s each).
+resume_worker.py runs twice, in fresh processes (about 10 s each), on the
+backend of this test process (the module runs on TensorFlow and on JAX).
 """
 
 import json
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator
@@ -24,7 +26,9 @@ KILL_STEP = 13  # epoch 1 of 4 (6 batches each), after the backup at 12 batches
 
 
 def _run(workdir, mode):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=keras.backend.backend()
+    )
     return subprocess.run(
         [sys.executable, str(WORKER), str(workdir), str(KILL_STEP), mode],
         capture_output=True,
