@@ -34,7 +34,7 @@ demo: $(STAMP)
 # fixtures run once): 10.9 instead of 21.0 min on 2 cores.
 test: $(STAMP) $(JAX_STAMP)
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile
-	KERAS_BACKEND=jax $(JAX_VENV)/bin/python -m pytest -q
+	KERAS_BACKEND=jax $(JAX_VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/rnn_speed.py

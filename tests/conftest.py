@@ -15,6 +15,7 @@ BACKEND = keras.backend.backend()
 # runs them in a second pytest process with KERAS_BACKEND=jax, in a venv
 # without TensorFlow); every other module needs TensorFlow.
 BACKEND_NEUTRAL = {
+    "callbacks/test_backup_and_restore.py",
     "callbacks/test_gradient_monitor_backends.py",
     "callbacks/test_gradient_monitor_resume.py",
     "constraints/test_spectral_norm.py",

@@ -2,7 +2,8 @@
 any instant, resumes at the batch, and agrees with the monitor's journal.
 
 The kill storm (storm.py) runs the README's crash recipe in subprocesses
-and SIGKILLs them at random instants: about a minute and a half. The other
+and SIGKILLs them at random instants: about a minute and a half, on
+TensorFlow (its bit-for-bit check uses TensorFlow's op determinism). The other
 tests interrupt `fit` in this process (an exception at a batch end leaves
 the backup as a kill there would) and start it again with a fresh model and
 fresh callbacks, as the same command would.
@@ -28,6 +29,11 @@ _SPEC.loader.exec_module(storm)
 
 # -- the kill storm ----------------------------------------------------------
 
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the storm's workers use TensorFlow's op determinism",
+)
+
 
 @pytest.fixture(scope="module")
 def stormed(tmp_path_factory):
@@ -37,12 +43,14 @@ def stormed(tmp_path_factory):
     return counts, storm.compare(reference, storm.results(workdir / "killed"))
 
 
+@tensorflow_only
 def test_storm_every_restart_succeeds(stormed):
     counts, _ = stormed
     assert counts["restarts_failed"] == 0, counts["failures"]
     assert counts["kills"] == 3, counts["log"]
 
 
+@tensorflow_only
 def test_storm_loses_doubles_and_adds_no_step(stormed):
     _, figures = stormed
     assert figures["steps_lost"] == 0
@@ -51,6 +59,7 @@ def test_storm_loses_doubles_and_adds_no_step(stormed):
     assert figures["steps_beyond_plan"] == 0
 
 
+@tensorflow_only
 def test_storm_ends_as_the_uninterrupted_run(stormed):
     # Bit for bit: weights, the monitor's records, the per-time-step rows
     # and TensorBoard's view of the run.
