@@ -11,7 +11,12 @@ categorical crossentropy, with `keras_seq.layers.SharedRNN` and with
 - T=1000 and T=5000: batch 32, 32 features, depth 1 (the long-sequence
   case, where the explicit BPTT pass matters);
 - peak memory at T=5000: the rise of the process's high-water mark over one
-  training step, each (backend, layer) in a fresh process.
+  training step, each (backend, layer) in a fresh process;
+- the GradientMonitor's cost: `model.fit` over one epoch of
+  `MONITOR_BATCHES` batches (T=100, batch 64, SharedRNN), without a
+  monitor, with `GradientMonitor()` (default `every=50`: 2 recorded steps
+  per epoch) and with `GradientMonitor(every=1)` (every step recorded);
+  time per step, after a warm-up epoch, interleaved, median over repeats.
 
 The backend is fixed when Keras is imported, so each backend runs in its
 own child process (this script with `--child BACKEND`), started with that
@@ -30,7 +35,8 @@ about 2 minutes):
 
 Targets (issue 19), printed as PASS/MISS, not asserted: on JAX, SharedRNN
 <= 0.6x SimpleRNN at T=5000 and no slower at T=100; SharedRNN's step time
-from T=1000 to T=5000 <= 5.5x on JAX.
+from T=1000 to T=5000 <= 5.5x on JAX; the monitor at its default `every`
+<= 1.02x a fit without it (each backend).
 """
 
 import argparse
@@ -52,6 +58,8 @@ UNITS, FEATURES, CLASSES = 128, 32, 10
 SHAPES = {100: 64, 1000: 32, 5000: 32}
 QUICK_SHAPES = {100: 64, 1000: 32}
 MEMORY_STEPS = 5000
+MONITOR_BATCHES = 100
+NONE, DEFAULT, EVERY_STEP = "no monitor", "every=50", "every=1"
 
 
 # ------------------------------------------------------------ child side
@@ -116,6 +124,48 @@ def time_shapes(shapes, repeats, warmup=2, steps=3):
     return results
 
 
+def time_monitor(repeats):
+    """{variant: median seconds per step of a `fit` epoch}."""
+    import keras
+
+    import keras_seq
+
+    batch, timesteps = SHAPES[100], 100
+    x, y = data(timesteps, batch * MONITOR_BATCHES)
+    monitors = {
+        NONE: lambda: [],
+        DEFAULT: lambda: [keras_seq.callbacks.GradientMonitor()],
+        EVERY_STEP: lambda: [keras_seq.callbacks.GradientMonitor(every=1)],
+    }
+    models = {v: build(SHARED, timesteps) for v in monitors}
+    callbacks = {v: make() for v, make in monitors.items()}
+
+    def epoch(variant):
+        models[variant].fit(
+            x,
+            y,
+            batch_size=batch,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks[variant],
+        )
+        # `fit` ends with the state on the host (JAX) / in the variables.
+        keras.ops.convert_to_numpy(models[variant].trainable_variables[0])
+
+    for variant in monitors:
+        epoch(variant)  # traces the training functions
+    samples = {v: [] for v in monitors}
+    for _ in range(repeats):
+        for variant in monitors:
+            start = time.perf_counter()
+            epoch(variant)
+            samples[variant].append((time.perf_counter() - start) / MONITOR_BATCHES)
+    result = {v: statistics.median(t) for v, t in samples.items()}
+    print(f"# monitor: {result}", file=sys.stderr, flush=True)
+    return result
+
+
 def memory(variant):
     """MB the high-water mark rose over one training step at T=5000."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -144,6 +194,7 @@ def child(args):
             {
                 "environment": environment(),
                 "times": time_shapes(shapes, args.repeats),
+                "monitor": time_monitor(args.repeats),
             }
         )
     )
@@ -191,7 +242,22 @@ def report(results, memory_rows, backends):
             row = memory_rows.get(backend, {})
             cells = [f"{row[v]:.0f}" if v in row else "-" for v in (SHARED, SIMPLE)]
             print(f"| {backend} | {cells[0]} | {cells[1]} |")
+    print(
+        f"\n## GradientMonitor cost (ms per step of a {MONITOR_BATCHES}-batch "
+        "fit epoch, T=100, batch 64, SharedRNN; ratio against no monitor)\n"
+    )
+    print(f"| backend | {NONE} | {DEFAULT} (default) | {EVERY_STEP} |")
+    print("| --- | ---: | ---: | ---: |")
     targets = []
+    for backend in backends:
+        times = results[backend]["monitor"]
+        base = times[NONE]
+        cells = [fmt(base)] + [
+            f"{fmt(times[v])} ({times[v] / base:.3f}x)" for v in (DEFAULT, EVERY_STEP)
+        ]
+        print(f"| {backend} | " + " | ".join(cells) + " |")
+        r = times[DEFAULT] / base
+        targets.append((f"{backend}: monitor at default every <= 1.02x", r, r <= 1.02))
     if "jax" in results:
         times = {int(t): v for t, v in results["jax"]["times"].items()}
         if 5000 in times:
