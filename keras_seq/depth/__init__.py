@@ -10,10 +10,6 @@
   while the gradients vanish or explode.
 """
 
-from keras_seq import _backend
-
-_backend.require_tensorflow("keras_seq.depth")
-
 from keras_seq.depth.fit import fit_reducing_depth
 from keras_seq.depth.reduce import DepthReduction, reduce_depth
 from keras_seq.depth.suggest import DepthPlan, suggest_depth

@@ -13,7 +13,6 @@ import random
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_seq import _validation as validation
 from keras_seq.layers import probes
@@ -976,8 +975,9 @@ def _run(model, x, batch_size, layer, record=False):
         rows = slice(start, start + batch_size)
         batch = keras.tree.map_structure(lambda a, rows=rows: a[rows], x)
         if record:
-            # The probes need a tape to watch them; nothing is differentiated.
-            with tf.GradientTape() as tape, probes.recording(tape) as recorder:
+            # Nothing is differentiated: the probes (zeros) only expose each
+            # sublevel's outputs, so no tape watches them.
+            with probes.recording() as recorder:
                 values = features(batch, training=False)
             for probe in recorder.probes:
                 if id(probe.layer) not in rnns:

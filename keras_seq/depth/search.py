@@ -5,12 +5,15 @@ model without them, each cut bridged (see `reduce_depth`). Rebuilding a model
 per candidate cost ~0.1 s each; here every level of a single stack gets a
 copy returning its sequence (and a `Bidirectional` level one returning its
 last output), built once from its config with its weights, and one
-`tf.function` of a boolean "keep" vector runs the stack on the calibration
+compiled function of a boolean "keep" vector runs the stack on the calibration
 inputs, feeding each level the output of the nearest kept level below,
 mapped by the bridge (the same least squares as `reduce_depth`, fitted
 in-graph in float64 on the fit rows), and returns the loss on the held-out
 rows. The graph is flat (no branches: every level runs on every call, a
-dropped one on a discarded input); one trace serves every candidate.
+dropped one on a discarded input); one trace serves every candidate. It is
+written in `keras.ops`; the compiled function is a `tf.function` on
+TensorFlow and a `jax.jit` on JAX (where the float64 bridge runs with
+64-bit types enabled for its own ops only).
 
 Layouts outside what it reproduces (parallel branches, layers other than
 dropout-like ones between levels, stateful or state-returning levels, a
@@ -19,9 +22,10 @@ tensors, ...) raise `Unsupported`; `suggest_depth` then measures each
 candidate by `reduce_depth` and a forward pass instead.
 """
 
+import contextlib
+
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_seq.depth.reduce import (
     _PASS_THROUGH,
@@ -71,8 +75,8 @@ class CandidateLosses:
         sequence, mask = sequence_input(first)
         features = keras.Model(inputs, [sequence] if mask is None else [sequence, mask])
         found = keras.tree.flatten(features(x, training=False))
-        self.stack_input = tf.convert_to_tensor(found[0])
-        self.mask = None if mask is None else tf.convert_to_tensor(found[1])
+        self.stack_input = keras.ops.convert_to_tensor(found[0])
+        self.mask = None if mask is None else keras.ops.convert_to_tensor(found[1])
         self.head = self._head(model, levels[-1].layer)
         self.returns_last = not levels[-1].layer.return_sequences
         if not self.returns_last and self.mask is not None:
@@ -92,11 +96,16 @@ class CandidateLosses:
         step_rows = np.repeat(rows[:, None], steps, axis=1)
         if self.mask is not None:
             step_rows &= keras.ops.convert_to_numpy(self.mask).astype(bool)
-        self.step_weights = tf.constant(step_rows.reshape(-1), tf.float64)
-        self.row_weights = tf.constant(rows, tf.float64)
-        self.loss_rows = tf.constant(np.flatnonzero(loss_rows), tf.int32)
+        # float64 weights stay NumPy arrays until the bridge converts them
+        # (JAX makes float64 tensors only with 64-bit types enabled).
+        self.step_weights = step_rows.reshape(-1).astype(np.float64)
+        self.row_weights = rows.astype(np.float64)
+        self.loss_rows = np.flatnonzero(loss_rows).astype(np.int32)
         self.y = keras.tree.map_structure(
-            lambda a: tf.gather(tf.convert_to_tensor(a), self.loss_rows), y
+            lambda a: keras.ops.take(
+                keras.ops.convert_to_tensor(a), self.loss_rows, axis=0
+            ),
+            y,
         )
         self.input_bias = [_has_input_bias(level) for level in levels]
         self.head_bias = self.head_bridge is not None and self.head_bridge.use_bias
@@ -105,20 +114,23 @@ class CandidateLosses:
         # arguments (the full model's own call, every level kept, returns
         # them): one trace for the recording and every candidate.
         self.widths = [_width(level) for level in levels]
-        dtype = self.stack_input.dtype
-        spec = [tf.TensorSpec([self.n], tf.bool)]
+        dtype = keras.backend.standardize_dtype(self.stack_input.dtype)
+        spec = [([self.n], "bool")]
         spec += [
-            tf.TensorSpec([None, steps, w], dtype)
+            ([None, steps, w], dtype)
             for w in [self.stack_input.shape[-1]] + self.widths[:-1]
         ]
         top_shape = keras.tree.flatten(levels[-1].layer.output)[0].shape
-        spec.append(tf.TensorSpec([None] + list(top_shape[1:]), dtype))
-        self._function = tf.function(self._loss, input_signature=spec, autograph=False)
-        keep = tf.ones([self.n], tf.bool)
+        spec.append(([None] + list(top_shape[1:]), dtype))
+        self._function = _compiled(self._loss, spec)
+        keep = np.ones([self.n], bool)
         rows_all = self.stack_input.shape[0]
         placeholders = [
-            tf.zeros([rows_all] + list(t.shape[1:]), dtype) for t in spec[1:]
+            np.zeros([rows_all] + list(shape[1:]), dtype) for shape, _ in spec[1:]
         ]
+        # Keras builds the compiled loss (and its metrics' variables) on its
+        # first call: an eager one, not inside the traced function.
+        self._build_compiled_loss(model, x, y)
         loss, outputs, head_input = self._function(keep, *placeholders)
         self.inputs_old = [self.stack_input] + list(outputs[:-1])
         self.final_old = head_input
@@ -248,29 +260,40 @@ class CandidateLosses:
             if not keep.any():
                 found.append(float("inf"))
                 continue
-            loss, _, _ = self._function(
-                tf.constant(keep), *self.inputs_old, self.final_old
-            )
+            loss, _, _ = self._function(keep, *self.inputs_old, self.final_old)
             found.append(float(loss))
         return found
+
+    @staticmethod
+    def _build_compiled_loss(model, x, y):
+        if keras.backend.backend() != "jax":
+            return  # a tf.function may build it while it traces
+        few = keras.tree.map_structure(lambda a: np.asarray(a)[:2], x)
+        few_y = keras.tree.map_structure(lambda a: np.asarray(a)[:2], y)
+        model.compute_loss(y=few_y, y_pred=model(few, training=False), training=False)
 
     def _loss(self, keep, *args):
         """(loss on the held-out rows, every level's output sequence, the
         head's input) without the levels where `keep` is False."""
-        # A flat graph, no tf.cond: every level runs on every call (dropped
-        # ones on a discarded input). Branches made the trace and the first
-        # run (graph optimisation of nested functions) cost ~10 s for 8
-        # levels; the whole stack's forward pass costs less than that over
-        # a hundred candidates.
+        # A flat graph, no conditionals: every level runs on every call
+        # (dropped ones on a discarded input). Branches made the trace and
+        # the first run (graph optimisation of nested functions) cost ~10 s
+        # for 8 levels on TensorFlow; the whole stack's forward pass costs
+        # less than that over a hundred candidates.
         self.traces += 1  # Python runs only while tracing
+        with _stateless():
+            return self._candidate_loss(keep, *args)
+
+    def _candidate_loss(self, keep, *args):
+        ops = keras.ops
         inputs_old, final_old = list(args[:-1]), args[-1]
         n = self.n
-        index = tf.range(n)
+        index = ops.arange(n, dtype="int32")
         below = [
-            tf.reduce_max(tf.concat([[-1], tf.where(keep[:k], index[:k], -1)], 0))
+            ops.max(ops.where(ops.logical_and(keep, index < k), index, -1))
             for k in range(n)
         ]
-        top = tf.reduce_max(tf.where(keep, index, -1))
+        top = ops.max(ops.where(keep, index, -1))
         sources = [self.stack_input]  # source s + 1
         inputs = []  # what each level reads in this candidate
         for k in range(n):
@@ -280,8 +303,8 @@ class CandidateLosses:
                 bridged = self._bridge(
                     picked, inputs_old[k], self.step_weights, self.input_bias[k]
                 )
-                use = tf.reduce_any(tf.equal(below[k] + 1, members))
-                chosen = tf.where(use, bridged, chosen)
+                use = _is_member(below[k] + 1, members)
+                chosen = ops.where(use, bridged, chosen)
             inputs.append(chosen)
             sources.append(self.seq_twins[k](chosen, mask=self.mask, training=False))
         outputs = sources[1:]
@@ -302,11 +325,11 @@ class CandidateLosses:
                 )
                 picked = self._bridge(picked, final_old, weights, self.head_bias)
             elif group != final_old.shape[-1]:
-                picked = tf.fill(tf.shape(final_old), np.nan)
-            use = tf.reduce_any(tf.equal(top, members))
-            head_input = tf.where(use, picked, head_input)
+                picked = ops.full_like(final_old, np.nan)
+            use = _is_member(top, members)
+            head_input = ops.where(use, picked, head_input)
         y_pred = keras.tree.map_structure(
-            lambda t: tf.gather(t, self.loss_rows), self.head(head_input)
+            lambda t: ops.take(t, self.loss_rows, axis=0), self.head(head_input)
         )
         loss = self.model.compute_loss(y=self.y, y_pred=y_pred, training=False)
         return loss, outputs, head_input
@@ -315,22 +338,64 @@ class CandidateLosses:
     def _bridge(source, target, weights, intercept):
         """`source` mapped by the least-squares fit of `target` on it over
         the rows with weight 1 (`reduce.bridge_coefficients`, in-graph)."""
-        width = source.shape[-1]
-        a = tf.reshape(tf.cast(source, tf.float64), [-1, width])
-        b = tf.reshape(tf.cast(target, tf.float64), [-1, target.shape[-1]])
-        if intercept:
-            a = tf.concat([a, tf.ones_like(a[:, :1])], axis=1)
-        weighted = a * weights[:, None]
-        gram = tf.matmul(weighted, a, transpose_a=True)
-        scale = tf.sqrt(tf.linalg.diag_part(gram)) + 1e-30
-        scaled = gram / (scale[:, None] * scale[None, :]) + RIDGE * tf.eye(
-            tf.shape(gram)[0], dtype=tf.float64
-        )
-        rhs = tf.matmul(weighted, b, transpose_a=True) / scale[:, None]
-        coef = tf.linalg.solve(scaled, rhs) / scale[:, None]
-        mapped = tf.matmul(a, coef)
-        shape = tf.concat([tf.shape(source)[:-1], [target.shape[-1]]], 0)
-        return tf.cast(tf.reshape(mapped, shape), source.dtype)
+        ops = keras.ops
+        width, target_width = source.shape[-1], target.shape[-1]
+        with _float64():
+            a = ops.reshape(ops.cast(source, "float64"), [-1, width])
+            b = ops.reshape(ops.cast(target, "float64"), [-1, target_width])
+            if intercept:
+                a = ops.concatenate([a, ops.ones_like(a[:, :1])], axis=1)
+            weighted = a * ops.convert_to_tensor(weights, "float64")[:, None]
+            gram = ops.matmul(ops.transpose(weighted), a)
+            scale = ops.sqrt(ops.diagonal(gram)) + 1e-30
+            scaled = gram / (scale[:, None] * scale[None, :]) + RIDGE * ops.eye(
+                a.shape[-1], dtype="float64"
+            )
+            rhs = ops.matmul(ops.transpose(weighted), b) / scale[:, None]
+            coef = ops.solve(scaled, rhs) / scale[:, None]
+            mapped = ops.matmul(a, coef)
+            shape = [-1] + list(source.shape[1:-1]) + [target_width]
+            return ops.cast(ops.reshape(mapped, shape), source.dtype)
+
+
+def _compiled(function, signature):
+    """`function` compiled once for arguments of `signature` (`[(shape,
+    dtype)]`, None for the rows): a `tf.function` on TensorFlow, a
+    `jax.jit` on JAX (which traces again only for new shapes)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        spec = [tf.TensorSpec(shape, dtype) for shape, dtype in signature]
+        return tf.function(function, input_signature=spec, autograph=False)
+    import jax
+
+    return jax.jit(function)
+
+
+def _float64():
+    """Where the bridge computes in float64: JAX needs 64-bit types enabled
+    (here for the bridge's own ops only; everywhere else they stay off)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+def _stateless():
+    """On JAX, the traced function must not write Keras variables (the
+    compiled loss's per-output metrics): their updates stay in a throwaway
+    scope. TensorFlow's graph updates them as its eager calls would."""
+    if keras.backend.backend() == "jax":
+        return keras.StatelessScope()
+    return contextlib.nullcontext()
+
+
+def _is_member(index, members):
+    """Whether the scalar tensor `index` is one of the integers `members`."""
+    return keras.ops.any(
+        keras.ops.equal(keras.ops.convert_to_tensor(members, "int32"), index)
+    )
 
 
 def _by_width(tensors):
@@ -346,9 +411,11 @@ def _pick(tensors, members, index):
     else one of them (the caller discards it)."""
     if len(members) == 1:
         return tensors[members[0]]
-    stacked = tf.stack([tensors[i] for i in members])
-    position = tf.argmax(tf.cast(tf.equal(tf.constant(members), index), tf.int32))
-    return tf.gather(stacked, position)
+    ops = keras.ops
+    stacked = ops.stack([tensors[i] for i in members])
+    found = ops.equal(ops.convert_to_tensor(members, "int32"), index)
+    position = ops.argmax(ops.cast(found, "int32"))
+    return ops.take(stacked, position, axis=0)
 
 
 def _width(level):

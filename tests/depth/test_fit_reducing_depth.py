@@ -10,6 +10,11 @@ import keras_seq
 from keras_seq.depth import fit_reducing_depth, recurrent_levels
 from keras_seq.layers import SharedRNN
 
+# The JAX run of `make test` stays short: these run there with `-m slow`.
+slow_on_jax = (
+    pytest.mark.slow if keras.backend.backend() == "jax" else pytest.mark.usefixtures()
+)
+
 T, F = 8, 2
 
 
@@ -31,6 +36,7 @@ def _model(depth=5, activation="sigmoid"):
     return model
 
 
+@slow_on_jax
 def test_vanishing_stack_is_reduced_and_stages_are_recorded(tmp_path):
     x, y = _data()
     model = _model()
@@ -92,6 +98,7 @@ def test_healthy_stack_is_not_reduced():
     assert final is model
 
 
+@slow_on_jax
 def test_min_depth_is_never_crossed():
     x, y = _data(32)
     final, stages = fit_reducing_depth(
@@ -124,6 +131,7 @@ def test_uncompiled_model_is_refused():
         fit_reducing_depth(model, x, y, epochs=1)
 
 
+@slow_on_jax
 def test_moving_the_monitor_to_each_shallower_model_does_not_warn(tmp_path):
     import warnings
 

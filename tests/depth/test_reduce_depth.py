@@ -8,6 +8,11 @@ import pytest
 import keras_seq
 from keras_seq.depth.reduce import DepthReduction, reduce_depth
 
+# The JAX run of `make test` stays short: these run there with `-m slow`.
+slow_on_jax = (
+    pytest.mark.slow if keras.backend.backend() == "jax" else pytest.mark.usefixtures()
+)
+
 SharedRNN = keras_seq.layers.SharedRNN
 
 
@@ -121,6 +126,7 @@ def _builtin_stack():
     )
 
 
+@slow_on_jax
 def test_builtin_stack_bottom_and_middle_removed():
     model = _builtin_stack()
     x = _data(4, 6, 3)
@@ -292,6 +298,7 @@ def test_return_sequences_repaired_when_the_top_is_removed():
     _assert_copied([head.bias], [model.get_layer("head").bias])
 
 
+@slow_on_jax
 def test_compile_config_carries_over():
     model = _shared_stack(share_depth=False)
     model.compile(
@@ -759,6 +766,7 @@ def test_bridge_inside_a_shared_rnn_respects_the_mask():
     np.testing.assert_allclose(_numpy(bias), coef[-1] @ k2 + b2, rtol=2e-3, atol=1e-4)
 
 
+@slow_on_jax
 def test_heal_cut_trains_only_the_layers_next_to_the_cut_first():
     model = _linear_segment_stack()
     model.compile(optimizer="adam", loss="mse")

@@ -11,6 +11,11 @@ import keras_seq
 from keras_seq.depth import reduce_depth, suggest_depth
 from keras_seq.layers import SharedRNN
 
+# The JAX run of `make test` stays short: these run there with `-m slow`.
+slow_on_jax = (
+    pytest.mark.slow if keras.backend.backend() == "jax" else pytest.mark.usefixtures()
+)
+
 T, F, U = 8, 3, 6
 
 
@@ -65,6 +70,7 @@ def _held_out_loss(model, drop, x, y):
     return float(reduced.compute_loss(y=y[1::2], y_pred=y_pred, training=False))
 
 
+@slow_on_jax
 def test_planted_pass_through_level_is_found_and_scored_zero():
     x, y = _data(64)
     trained = _stack(3)
@@ -102,6 +108,7 @@ def _teacher(model, samples=64):
     return x, y + 0.05 * np.random.RandomState(5).randn(*y.shape).astype("float32")
 
 
+@slow_on_jax
 def test_ablation_scores_are_measured_losses_without_each_level():
     x, y = _data()
     model = _stack(3)
@@ -143,6 +150,7 @@ def test_last_drops_the_levels_below_the_top_first_and_needs_no_data():
     assert "no data and no monitor" in auto.explanation
 
 
+@slow_on_jax
 def test_gradient_flags_levels_vanishing_through_depth_and_auto_says_why():
     x, y = _data(64)
     model = keras_seq.Sequential(
@@ -165,6 +173,7 @@ def test_gradient_flags_levels_vanishing_through_depth_and_auto_says_why():
     assert "diagnosis column only and do not enter the choice" in auto.explanation
 
 
+@slow_on_jax
 def test_target_depth_is_the_smallest_within_tolerance():
     model = _stack(3)
     x, y = _teacher(model)
@@ -231,6 +240,7 @@ def test_errors_about_data_and_models():
         suggest_depth(uncompiled, x, y[:, :, None] if y.ndim == 3 else y)
 
 
+@slow_on_jax
 def test_auto_takes_the_best_combination_measured_by_real_rebuilds():
     x, y = _data(64)
     model = keras_seq.Sequential(
@@ -251,10 +261,16 @@ def test_auto_takes_the_best_combination_measured_by_real_rebuilds():
     for row in plan.candidates.itertuples():
         if len(row.drop) == 2:  # the traced loss is the rebuilt model's
             assert row.loss == pytest.approx(real[row.drop], rel=1e-4, abs=1e-7)
-    best = min(real, key=real.get)
+    # The documented choice: among the pairs within the tolerance (5% of the
+    # full model's loss) of the best and no worse than the baseline, one
+    # whose cuts keep every input width (g0 reads F features, the rest U),
+    # the lowest loss first.
+    baseline = real[("g1/level_0", "g2/level_0")]  # just below the top
+    slack = min(min(real.values()) + 0.05 * _held_out_loss(model, (), x, y), baseline)
+    near = [pair for pair, loss in real.items() if loss <= slack]
+    best = min(near, key=lambda pair: ("g0/level_0" in pair, real[pair]))
     assert tuple(plan.drop) == best
     assert plan.loss == pytest.approx(real[best], rel=1e-4)
-    baseline = real[("g1/level_0", "g2/level_0")]  # just below the top
     assert plan.loss <= baseline + 1e-7
 
 
@@ -329,6 +345,7 @@ def _masked_bidirectional():
     return model, tokens, rng.rand(24, 1).astype("float32")
 
 
+@slow_on_jax
 def test_traced_losses_equal_rebuilt_models_for_a_masked_bidirectional_stack():
     model, x, y = _masked_bidirectional()
     plan = suggest_depth(model, x, y, depth=1)
