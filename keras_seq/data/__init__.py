@@ -2,7 +2,6 @@
 the adding problem, and the yearly sunspot numbers; `TruncatedBPTT`, long
 sequences in chunks for truncated backpropagation through time."""
 
-from keras_seq import _backend
 from keras_seq.data.adding_problem import adding_problem
 from keras_seq.data.idioms import (
     NextWordDataset,
@@ -12,16 +11,7 @@ from keras_seq.data.idioms import (
     next_words,
 )
 from keras_seq.data.sunspots import load_sunspots
-
-if _backend.keras.backend.backend() == "tensorflow":
-    from keras_seq.data.truncated_bptt import TruncatedBPTT
-else:
-
-    def __getattr__(name):
-        if name == "TruncatedBPTT":
-            _backend.require_tensorflow("keras_seq.data.TruncatedBPTT")
-        raise AttributeError(f"module 'keras_seq.data' has no attribute {name!r}")
-
+from keras_seq.data.truncated_bptt import TruncatedBPTT
 
 __all__ = [
     "NextWordDataset",

@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import numpy as np
 
 from keras_seq import _validation as validation
@@ -31,12 +32,17 @@ class TruncatedBPTT:
     model needs the same batch size for every batch
     (keras-team/keras#20327).
 
-    Train on `.dataset`, a `tf.data.Dataset` (Keras never reorders one, where
-    it shuffles the batches of arrays or a `PyDataset` by default, which
-    would tear the chunks out of order); pass `shuffle=False` to `fit` to
-    silence Keras's note that it ignores `shuffle` there. Shuffling here
-    (`shuffle=True`) reorders whole groups, each epoch, in step with
-    `ResetStates`, which tells this object which epoch is starting.
+    Train on `.dataset` with `fit(..., shuffle=False)`: the chunks must
+    come in order. On TensorFlow `.dataset` is a `tf.data.Dataset` (Keras
+    never reorders one; `shuffle=False` only silences its note that it
+    ignores `shuffle`). On JAX it is a `keras.utils.PyDataset` read by one
+    thread, without TensorFlow; Keras shuffles the batches of a
+    `PyDataset` unless told `shuffle=False`, so reading its batches out of
+    order during an epoch raises a `ValueError` saying so (before a wrong
+    batch is trained on). Shuffling here (`shuffle=True`) reorders whole
+    groups, each epoch, in step with `ResetStates`, which tells this
+    object which epoch is starting (before the epoch's first batch is
+    read, on both backends).
 
     `.dataset` yields `(x, y, sample_weight)` with shapes `(batch_size, k,
     ...)`, k = `min(chunk_length, timesteps)` (a short last chunk is padded
@@ -209,6 +215,8 @@ class TruncatedBPTT:
             yield self.batch(group, chunk)
 
     def _make_dataset(self):
+        if keras.backend.backend() != "tensorflow":
+            return _ChunkDataset(self)
         # Imported here: `ResetStates` (backend-neutral) imports this module
         # to recognise the object, on JAX too.
         import tensorflow as tf
@@ -226,6 +234,53 @@ class TruncatedBPTT:
             self.__iter__, output_signature=signature
         )
         return dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
+
+
+class _ChunkDataset(keras.utils.PyDataset):
+    """`TruncatedBPTT.dataset` where Keras does not run on TensorFlow:
+    batch `i` is the `i`-th chunk of the selected epoch's order.
+
+    One thread reads it (`workers=1`, no multiprocessing: Keras then
+    calls `__getitem__` in its own loop, after the callbacks'
+    `on_epoch_begin`, so `ResetStates` has selected the epoch). Within
+    an epoch Keras started, batches must be read in order: Keras
+    shuffles a `PyDataset` unless `fit` gets `shuffle=False`."""
+
+    def __init__(self, data):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.data = data
+        self._order = None  # (epoch, chunks)
+        self._next = None  # the batch due next, inside an epoch
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self.data):
+            raise IndexError(
+                f"TruncatedBPTT.dataset has {len(self.data)} batches. "
+                f"Received: index={index}"
+            )
+        if self._next is not None:
+            if index != self._next:
+                raise ValueError(
+                    "TruncatedBPTT.dataset must be read in order: pass "
+                    "`shuffle=False` to `fit` (Keras shuffles the batches "
+                    "of a keras.utils.PyDataset by default, which would "
+                    "tear the chunks of each sequence apart). Received: "
+                    f"batch {index} where batch {self._next} comes next"
+                )
+            self._next += 1
+        epoch = self.data._epoch
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.data.chunks(epoch))
+        return self.data.batch(*self._order[1][index])
+
+    def on_epoch_begin(self):
+        self._next = 0
+
+    def on_epoch_end(self):
+        self._next = None
 
 
 def _padded(values, width):

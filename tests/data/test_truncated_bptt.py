@@ -1,14 +1,28 @@
 """Truncated BPTT: `keras_seq.data.TruncatedBPTT` + `callbacks.ResetStates`
-against an independent reference (a tape over each chunk, states carried by
-hand)."""
+against an independent reference (each chunk differentiated by the
+backend's own autodiff, states carried by hand); on TensorFlow and JAX."""
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_seq
 from tests.conftest import assert_close
+
+BACKEND = keras.backend.backend()
+
+# Keras 3.15 on JAX does not carry a stateful RNN's states from one batch to
+# the next: `RNN` creates them untracked (not in the model's
+# non_trainable_variables), so the jitted train step's assignments to them
+# are dropped (Keras's own SimpleRNN too); and a callback's
+# `reset_state()` reaches the train step only if it syncs the JAX state
+# first. The tests that need carried states fail there until SharedRNN
+# tracks its states and ResetStates syncs (strict: they say when it works).
+needs_carried_states = pytest.mark.xfail(
+    BACKEND == "jax",
+    reason="stateful states are not carried by Keras 3.15's JAX fit",
+    strict=True,
+)
 
 BATCH, FEATURES, UNITS, DEPTH = 2, 3, 4, 2
 LR = 0.5
@@ -47,15 +61,39 @@ def _reference_weights(weights, batches, boundaries):
     for index, (x, y, w) in enumerate(batches):
         if index in boundaries:
             states = [np.zeros((BATCH, UNITS), "float32")] * DEPTH
-        with tf.GradientTape() as tape:
-            prediction, *ends = model([x, *states])
-            per_step = tf.reduce_mean(tf.square(prediction - y), axis=-1)
-            loss = tf.reduce_sum(per_step * w) / tf.cast(tf.size(per_step), tf.float32)
-        grads = tape.gradient(loss, model.trainable_variables)
+        grads, ends = _gradients(model, [x, *states], y, w)
         for variable, grad in zip(model.trainable_variables, grads):
-            variable.assign_sub(LR * grad)
-        states = [e.numpy() for e in ends]
+            variable.assign(variable - LR * grad)
+        states = [keras.ops.convert_to_numpy(e) for e in ends]
     return model.get_weights()
+
+
+def _chunk_loss(prediction, y, w):
+    per_step = keras.ops.mean(keras.ops.square(prediction - y), axis=-1)
+    return keras.ops.sum(per_step * w) / np.prod(per_step.shape)
+
+
+def _gradients(model, inputs, y, w):
+    """d(chunk loss)/d(trainable weights) and the last states, by the
+    backend's autodiff (a tape on TensorFlow, jax.grad on JAX)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            prediction, *ends = model(inputs)
+            loss = _chunk_loss(prediction, y, w)
+        return tape.gradient(loss, model.trainable_variables), ends
+    import jax
+
+    def loss_fn(trainable):
+        (prediction, *ends), _ = model.stateless_call(
+            trainable, [v.value for v in model.non_trainable_variables], inputs
+        )
+        return _chunk_loss(prediction, y, w), ends
+
+    trainable = [v.value for v in model.trainable_variables]
+    grads, ends = jax.grad(loss_fn, has_aux=True)(trainable)
+    return grads, ends
 
 
 class _StatesAtBegin(keras.callbacks.Callback):
@@ -68,7 +106,7 @@ class _StatesAtBegin(keras.callbacks.Callback):
         self.zero.append(all(not np.any(keras.ops.convert_to_numpy(s)) for s in states))
 
 
-def _fit_matches_the_reference(data, epochs):
+def _fit_matches_the_reference(data, epochs, shuffle=False):
     """fit() over `epochs` equals the reference over each epoch's chunks in
     that epoch's order, and states are zero exactly where groups begin."""
     chunks = [chunk for epoch in range(epochs) for chunk in data.chunks(epoch)]
@@ -80,6 +118,7 @@ def _fit_matches_the_reference(data, epochs):
     model.fit(
         data.dataset,
         epochs=epochs,
+        shuffle=shuffle,
         verbose=0,
         callbacks=[keras_seq.callbacks.ResetStates(data), probe],
     )
@@ -90,6 +129,7 @@ def _fit_matches_the_reference(data, epochs):
         assert_close(actual, expected, tol=1e-5)
 
 
+@needs_carried_states
 @pytest.mark.parametrize("chunk, shuffle", [(5, False), (4, True)])
 def test_chunks_train_as_an_unrolled_reference(chunk, shuffle):
     x, y = _data(steps=12)
@@ -120,6 +160,7 @@ def test_a_chunk_as_long_as_the_sequence_is_full_bptt():
         assert_close(a, b, tol=1e-5)
 
 
+@needs_carried_states
 def test_without_resets_states_leak_across_groups():
     # The reset is what makes the test above pass.
     x, y = _data(steps=9)
@@ -186,6 +227,7 @@ def test_sequences_of_different_lengths():
         assert_close(a, b, tol=1e-6)
 
 
+@needs_carried_states
 def test_validation_starts_from_zero_states_and_matches_full_sequences():
     x, y = _data(steps=12)
     xv, yv = _data(steps=12, seed=1)
@@ -266,10 +308,11 @@ def test_bad_arguments_name_themselves(kwargs, error, match):
         keras_seq.data.TruncatedBPTT(**arguments)
 
 
+@needs_carried_states
 def test_shuffled_groups_follow_the_epoch_and_reset_where_they_begin():
-    # fit(shuffle=True), Keras's default, leaves a tf.data.Dataset alone;
-    # the groups are shuffled per epoch here, and resets follow: two epochs
-    # train as the reference over both epochs' chunks in their order.
+    # The groups are shuffled per epoch here (fit(shuffle=False): Keras
+    # keeps the batches in order), and resets follow: two epochs train as
+    # the reference over both epochs' chunks in their order.
     x, y = _data(sequences=8, steps=9)
     # Groups by length: (9, 9) and (9, 6) 3 chunks, (6, 3) 2, (3, 2) 1.
     data = keras_seq.data.TruncatedBPTT(
@@ -311,3 +354,43 @@ def test_token_ids_for_an_embedding():
         callbacks=[keras_seq.callbacks.ResetStates(data)],
     )
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_keras_shuffling_the_batches_is_ignored_or_refused():
+    # fit(shuffle=True), Keras's default: TensorFlow leaves a
+    # tf.data.Dataset alone; on JAX, Keras would shuffle the PyDataset's
+    # batches, and reading them out of order raises before a wrong batch
+    # is trained on.
+    x, y = _data(sequences=8, steps=12)
+    data = keras_seq.data.TruncatedBPTT(x, y, 4, BATCH, seed=1)
+    if BACKEND == "tensorflow":
+        _fit_matches_the_reference(data, epochs=1, shuffle=True)
+        return
+    model = _model(stateful=True)
+    with pytest.raises(
+        ValueError, match=r"must be read in order: pass `shuffle=False` to `fit`"
+    ):
+        model.fit(
+            data.dataset,
+            epochs=2,
+            verbose=0,
+            callbacks=[keras_seq.callbacks.ResetStates(data)],
+        )
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="a tf.data.Dataset there")
+def test_on_jax_the_dataset_is_a_single_threaded_py_dataset_of_the_epoch():
+    x, y = _data(sequences=8, steps=12)
+    data = keras_seq.data.TruncatedBPTT(x, y, 5, BATCH, seed=2)
+    dataset = data.dataset
+    assert isinstance(dataset, keras.utils.PyDataset)
+    assert dataset.workers == 1 and not dataset.use_multiprocessing
+    assert len(dataset) == len(data) == 4 * 3
+    for epoch in (0, 1):
+        data.set_epoch(epoch)
+        for index, (group, chunk) in enumerate(data.chunks()):
+            for got, expected in zip(dataset[index], data.batch(group, chunk)):
+                np.testing.assert_array_equal(got, expected)
+    assert data.chunks(0) != data.chunks(1)
+    with pytest.raises(IndexError, match="has 12 batches. Received: index=12"):
+        dataset[12]
