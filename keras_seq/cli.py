@@ -356,8 +356,8 @@ def _report(args):
 
 
 def _import_keras_quietly():
-    """Imports Keras (and TensorFlow) and keras-seq's classes, keeping
-    TensorFlow's C++ start-up logging off the terminal.
+    """Imports Keras (and TensorFlow, on its backend) and keras-seq's
+    classes, keeping TensorFlow's C++ start-up logging off the terminal.
 
     `TF_CPP_MIN_LOG_LEVEL=3` (unless set) silences TensorFlow's later
     logging, but TensorFlow 2.19+ logs a few lines while loading (the absl
@@ -369,7 +369,9 @@ def _import_keras_quietly():
     warnings.showwarning = _show_warning
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if "tensorflow" not in sys.modules:
+    # On another backend (KERAS_BACKEND=jax) TensorFlow is not imported at
+    # all, and need not be installed.
+    if os.environ["KERAS_BACKEND"] == "tensorflow" and "tensorflow" not in sys.modules:
         with _FilteredStderr(_min_log_level()):
             import tensorflow  # noqa: F401
     import keras

@@ -17,7 +17,7 @@ printing what it found:
         model = ...
         monitor = keras_seq.callbacks.GradientMonitor(log_dir=run.dir)
         model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size,
-                  callbacks=[keras.callbacks.TensorBoard(run.dir), monitor])
+                  callbacks=[runs.tensorboard(run.dir), monitor])
         run.save(model, monitor)
         run.finish({"accuracy": accuracy})
         return 0
@@ -25,7 +25,7 @@ printing what it found:
 A finished run directory, `runs/<recipe>/<YYYYmmdd-HHMMSS>/` under the
 current directory unless `--log-dir` says otherwise, holds:
 
-    train/, validation/          keras.callbacks.TensorBoard's event files
+    train/, validation/          the epoch metrics (`runs.tensorboard`)
     gradients/                   the GradientMonitor's event files
     figures/, <name>.png         pictures saved with `run.save_figure`
     model.keras                  the trained model
@@ -79,6 +79,7 @@ __all__ = [
     "positive_int",
     "shell_command",
     "start",
+    "tensorboard",
     "tensorboard_command",
 ]
 
@@ -348,18 +349,20 @@ class Run:
             The `pathlib.Path` of the PNG file.
         """
         import numpy as np
-        import tensorflow as tf
+
+        from keras_seq.callbacks.summaries import image_summary
 
         _check_label(name)
         path = self.dir / f"{name}.png"
         with _atomic.replacing(path) as partial:
             figure.savefig(partial, dpi=100, bbox_inches="tight")
         figure.canvas.draw()
-        pixels = np.asarray(figure.canvas.buffer_rgba())[None, ..., :3]
-        writer = tf.summary.create_file_writer(str(self.dir / "figures"))
-        with writer.as_default(step=int(step)):
-            tf.summary.image(f"figures/{name}", pixels)
-        writer.close()
+        pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+        # TensorBoard's own writer: the image `tf.summary.image` would write,
+        # with or without TensorFlow.
+        _write_summaries(
+            self.dir / "figures", int(step), [image_summary(f"figures/{name}", pixels)]
+        )
         self._figures[name] = path.name
         return path
 
@@ -408,6 +411,87 @@ class Run:
         print()
         print(describe(self.dir, commands=commands))
         return summary
+
+
+def tensorboard(log_dir):
+    """A Keras callback writing the epoch metrics for TensorBoard under
+    `log_dir` (`train/`, `validation/`: tags `epoch_loss`, ...).
+
+    On TensorFlow it is `keras.callbacks.TensorBoard(log_dir)`. On other
+    backends, whose Keras `TensorBoard` callback needs TensorFlow, it writes
+    the same epoch scalars with TensorBoard's own event writer (no graph,
+    histograms or batch-level summaries).
+
+    Args:
+        log_dir: The directory, e.g. `run.dir` or `run.log_dir(label)`.
+
+    Returns:
+        A `keras.callbacks.Callback`.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return keras.callbacks.TensorBoard(log_dir=log_dir)
+    return _epoch_scalars_callback(keras)(log_dir)
+
+
+def _epoch_scalars_callback(keras):
+    class EpochScalars(keras.callbacks.Callback):
+        """Keras's TensorBoard epoch scalars without TensorFlow."""
+
+        def __init__(self, log_dir):
+            super().__init__()
+            self.log_dir = pathlib.Path(log_dir)
+            self._writers = {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            from tensorboard.compat.proto import event_pb2, summary_pb2
+            from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+            from tensorboard.summary.writer.event_file_writer import (
+                EventFileWriter,
+            )
+
+            runs = {}
+            for key, value in (logs or {}).items():
+                validation = key.startswith("val_")
+                run = "validation" if validation else "train"
+                name = key[4:] if validation else key
+                runs.setdefault(run, summary_pb2.Summary()).value.extend(
+                    scalar_summary.scalar_pb(f"epoch_{name}", float(value)).value
+                )
+            for run, summary in runs.items():
+                if run not in self._writers:
+                    directory = self.log_dir / run
+                    directory.mkdir(parents=True, exist_ok=True)
+                    self._writers[run] = EventFileWriter(str(directory))
+                self._writers[run].add_event(
+                    event_pb2.Event(
+                        wall_time=time.time(), step=int(epoch), summary=summary
+                    )
+                )
+                self._writers[run].flush()
+
+        def on_train_end(self, logs=None):
+            for writer in self._writers.values():
+                writer.close()
+            self._writers = {}
+
+    return EpochScalars
+
+
+def _write_summaries(directory, step, values):
+    """One event file in `directory` holding one event at `step` with the
+    `summary_pb2.Summary`s `values` (TensorBoard's writer, no TensorFlow)."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    summary = summary_pb2.Summary()
+    for value in values:
+        summary.value.extend(value.value)
+    pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
+    writer = EventFileWriter(str(directory))
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+    writer.close()
 
 
 def start(name, args):

@@ -129,7 +129,7 @@ def main(argv=None):
             validation_data=(x_val, y_val),
             verbose=0,
             callbacks=[
-                keras.callbacks.TensorBoard(log_dir=log_dir),
+                runs.tensorboard(log_dir),
                 monitor,
                 run.progress(label=kind),
             ],

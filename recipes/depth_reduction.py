@@ -94,7 +94,7 @@ def main(argv=None):
         monitor=monitor,
         batch_size=args.batch_size,
         validation_data=(x_val, y_val),
-        callbacks=[keras.callbacks.TensorBoard(run.dir)],
+        callbacks=[runs.tensorboard(run.dir)],
         verbose=2,
     )
     run.save(final, monitor)

@@ -120,7 +120,7 @@ def main(argv=None):
         epochs=args.epochs,
         verbose=0,
         callbacks=[
-            keras.callbacks.TensorBoard(log_dir=run.dir),
+            runs.tensorboard(run.dir),
             monitor,
             run.progress(every=5),
         ],

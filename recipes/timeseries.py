@@ -5,9 +5,9 @@ The default series is the yearly sunspot numbers 1700-2008 (public domain,
 NOAA; shipped with keras-seq, `keras_seq.data.load_sunspots()`); `--csv
 PATH --target COLUMN` reads your own (one row per time step, in order).
 The last `--test-fraction` of the rows is held out, the 15% before it
-validates (early stopping with the best weights kept). Windows come from
-`keras.utils.timeseries_dataset_from_array`, values are standardised with
-the training part's mean and deviation, and `Input((window, 1)) ->
+validates (early stopping with the best weights kept). Windows are NumPy
+arrays (`fit` shuffles them; no TensorFlow needed on JAX), values are
+standardised with the training part's mean and deviation, and `Input((window, 1)) ->
 SharedRNN(32) -> Dense(1)` trains with a GradientMonitor watching. Reports
 the mean absolute error on the held-out tail against the naive forecast
 (the last value again), and plots forecast against truth
@@ -86,16 +86,13 @@ def read_series(parser, csv, target):
     return values.to_numpy(dtype="float64"), times, time_label, target, source
 
 
-def windows(series, window, batch_size, shuffle=False, seed=None):
-    """`(window values, next value)` pairs of `series`, batched."""
-    return keras.utils.timeseries_dataset_from_array(
-        series[:-1, None].astype("float32"),  # the last value is no input
-        targets=series[window:].astype("float32"),
-        sequence_length=window,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-    )
+def windows(series, window):
+    """`(window values, next value)` pairs of `series`: inputs
+    `(pairs, window, 1)` and targets `(pairs,)`, float32."""
+    values = np.asarray(series, "float32")
+    starts = np.arange(len(values) - window)
+    inputs = values[starts[:, None] + np.arange(window)][..., None]
+    return inputs, values[window:]
 
 
 def forecast_figure(times, time_label, truth, forecast, naive, target):
@@ -183,14 +180,10 @@ def main(argv=None):
     mean, deviation = series[:fit_rows].mean(), series[:fit_rows].std()
     deviation = deviation if deviation > 0 else 1.0
     scaled = (series - mean) / deviation
-    train = windows(
-        scaled[:fit_rows], args.window, args.batch_size, shuffle=True, seed=args.seed
-    )
+    train = windows(scaled[:fit_rows], args.window)
     # Each forecast sees the `window` values before it, from the part before.
-    validation = windows(
-        scaled[fit_rows - args.window : train_rows], args.window, args.batch_size
-    )
-    test = windows(scaled[train_rows - args.window :], args.window, args.batch_size)
+    validation = windows(scaled[fit_rows - args.window : train_rows], args.window)
+    test, _ = windows(scaled[train_rows - args.window :], args.window)
     print(
         f"{source}, column {target!r}: {rows} rows: {fit_rows} to train "
         f"({fit_rows - args.window} windows of {args.window}), the next "
@@ -208,13 +201,14 @@ def main(argv=None):
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
     monitor = keras_seq.callbacks.GradientMonitor(log_dir=run.dir, every=10)
     history = model.fit(
-        train,
+        *train,
+        batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=validation,
-        shuffle=False,  # the windows are shuffled by the dataset itself
+        shuffle=True,
         verbose=0,
         callbacks=[
-            keras.callbacks.TensorBoard(log_dir=run.dir),
+            runs.tensorboard(run.dir),
             monitor,
             keras.callbacks.EarlyStopping(patience=10, restore_best_weights=True),
             run.progress(every=10),
@@ -222,7 +216,10 @@ def main(argv=None):
     )
     run.save(model, monitor)
 
-    forecast = model.predict(test, verbose=0)[:, 0] * deviation + mean
+    forecast = (
+        model.predict(test, batch_size=args.batch_size, verbose=0)[:, 0] * deviation
+        + mean
+    )
     truth = series[train_rows:]
     naive = series[train_rows - 1 : -1]  # the value one step before each
     mae = float(np.mean(np.abs(forecast - truth)))

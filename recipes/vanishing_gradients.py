@@ -160,7 +160,7 @@ def main(argv=None):
             epochs=args.epochs,
             verbose=0,
             callbacks=[
-                keras.callbacks.TensorBoard(log_dir=log_dir),
+                runs.tensorboard(log_dir),
                 monitor,
                 run.progress(label=kind),
             ],

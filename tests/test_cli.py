@@ -17,6 +17,13 @@ import keras_seq
 from keras_seq import cli
 from keras_seq.recipes import next_word
 
+# next_word (the smoke run) and `keras-seq complete` read text through
+# keras.layers.TextVectorization, which needs TensorFlow (on every backend).
+needs_text_vectorization = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="TextVectorization needs TensorFlow",
+)
+
 COMMAND = pathlib.Path(sys.executable).parent / "keras-seq"
 # What TensorFlow prints while it starts: absl log lines, CUDA and oneDNN.
 NOISE = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|oneDNN|cuda|cuInit", re.M)
@@ -130,6 +137,7 @@ def test_list_shows_every_recipe_with_its_runtime_without_tensorflow():
     assert not imported_tensorflow(result.stderr)
 
 
+@needs_text_vectorization
 def test_run_trains_and_prints_without_tensorflow_noise(smoke_run):
     result, run_dir = smoke_run
     assert result.returncode == 0, result.stderr
@@ -140,6 +148,7 @@ def test_run_trains_and_prints_without_tensorflow_noise(smoke_run):
     assert summary["recipe"] == "next_word" and summary["arguments"]["smoke"]
 
 
+@needs_text_vectorization
 def test_run_ends_with_the_commands_the_readme_shows(smoke_run):
     result, run_dir = smoke_run
     assert result.returncode == 0, result.stderr
@@ -173,6 +182,7 @@ def test_run_passes_bad_options_back_as_one_line(tmp_path):
     assert not NOISE.search(result.stderr)
 
 
+@needs_text_vectorization
 def test_report_prints_the_run_without_tensorflow(smoke_run):
     _, run_dir = smoke_run
     result = keras_seq_command("report", str(run_dir), importtime=True)
@@ -183,6 +193,7 @@ def test_report_prints_the_run_without_tensorflow(smoke_run):
     assert not imported_tensorflow(result.stderr)
 
 
+@needs_text_vectorization
 def test_report_of_a_recipe_directory_is_its_latest_run(smoke_run, tmp_path):
     _, run_dir = smoke_run
     shutil.copytree(run_dir, tmp_path / "20000101-000000")
@@ -274,6 +285,7 @@ def test_report_errors(tmp_path):
     )
 
 
+@needs_text_vectorization
 def test_complete_prints_k_words_with_probabilities(smoke_run):
     _, run_dir = smoke_run
     result = keras_seq_command(
@@ -315,6 +327,7 @@ def test_complete_refuses_a_model_that_is_not_next_word(tmp_path, capsys):
     )
 
 
+@needs_text_vectorization
 def test_complete_refuses_a_text_model_with_the_wrong_output_size(tmp_path, capsys):
     vectorizer = keras.layers.TextVectorization(output_sequence_length=3)
     vectorizer.adapt(["break the ice", "once in a blue moon"])
@@ -342,6 +355,7 @@ def test_complete_refuses_a_text_model_with_the_wrong_output_size(tmp_path, caps
     )
 
 
+@needs_text_vectorization
 @pytest.mark.parametrize(
     "prompt, ending",
     [
@@ -358,6 +372,7 @@ def test_complete_returns_the_idioms_ending(trained_run, prompt, ending, capsys)
     assert word == ending and float(probability) > 0.3
 
 
+@needs_text_vectorization
 def test_complete_uses_the_latest_next_word_run(trained_run, tmp_path):
     shutil.copytree(trained_run, tmp_path / "runs" / "next_word" / "20000101-000000")
     result = keras_seq_command("complete", "break the", "-k", "1", cwd=tmp_path)
