@@ -39,10 +39,6 @@ def _load():
     _loading = True
     try:
         for name in _MODULES:
-            if f"keras_seq.{name}" in _backend.TENSORFLOW_ONLY and (
-                _backend.keras.backend.backend() != "tensorflow"
-            ):
-                continue  # its import says why, see `__getattr__`
             globals()[name] = _importlib.import_module(f"keras_seq.{name}")
     finally:
         _loading = False
@@ -68,10 +64,3 @@ if _started_by_command() and "keras" not in _sys.modules:
 
 else:
     _load()
-
-    def __getattr__(name):
-        # A subpackage skipped on this backend: its import raises the
-        # ImportError that says why and what to do.
-        if name in __all__:
-            return _importlib.import_module(f"keras_seq.{name}")
-        raise AttributeError(f"module 'keras_seq' has no attribute {name!r}")

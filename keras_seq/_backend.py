@@ -1,10 +1,8 @@
-"""Which Keras backends keras-seq runs on, and what runs on each.
-
-On TensorFlow everything does. On JAX (issue 19, in progress) the layers
-(`SharedRNN`, `SharedRNNCell`), their constraints and initializers, the
-built-in datasets, the diagnostics and `keras_seq.Model`/`Sequential` do;
-the rest says so on import, naming what to do, instead of failing on a
-missing TensorFlow.
+"""Which Keras backends keras-seq runs on: TensorFlow and JAX, each with
+all of keras-seq (the layers, callbacks, monitoring, depth helper, data
+utilities, recipes and the `keras-seq` command); JAX without TensorFlow
+installed. Importing keras-seq on another backend, or on one that is not
+installed, raises an ImportError naming what to do.
 """
 
 import os
@@ -29,13 +27,6 @@ except ModuleNotFoundError as error:  # Keras's backend is not installed
         "KERAS_BACKEND to match (e.g. KERAS_BACKEND=jax)."
     ) from error
 
-# Parts that need TensorFlow for now: the import of each calls
-# `require_tensorflow` with its name.
-TENSORFLOW_ONLY = (
-    "keras_seq.depth",
-    "keras_seq.data.TruncatedBPTT",
-)
-
 
 def check_supported():
     """Raises ImportError unless Keras runs on a backend keras-seq supports."""
@@ -46,21 +37,4 @@ def check_supported():
             f"Keras is running on {backend!r}. Set the environment variable "
             "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax before importing "
             f'keras (or "backend" in ~/.keras/keras.json), with {_INSTALL}.'
-        )
-
-
-def require_tensorflow(part):
-    """Raises ImportError naming `part` when Keras is not on TensorFlow."""
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise ImportError(
-            f"`{part}` runs on the TensorFlow backend of Keras only in this "
-            f"version of keras-seq; Keras is running on {backend!r}. On JAX, "
-            "keras-seq has the layers (SharedRNN, SharedRNNCell), "
-            "keras_seq.callbacks (GradientMonitor, BackupAndRestore, "
-            "ResetStates), keras_seq.monitoring, keras_seq.constraints, "
-            "keras_seq.initializers, keras_seq.data's datasets, "
-            "keras_seq.diagnostics and keras_seq.Model/Sequential. "
-            "For the rest, install `keras-seq[tensorflow]` and set "
-            "KERAS_BACKEND=tensorflow."
         )

@@ -19,6 +19,10 @@ BACKEND_NEUTRAL = {
     "callbacks/test_gradient_monitor_backends.py",
     "callbacks/test_gradient_monitor_resume.py",
     "constraints/test_spectral_norm.py",
+    "data/test_truncated_bptt.py",
+    "depth/test_fit_reducing_depth.py",
+    "depth/test_reduce_depth.py",
+    "depth/test_suggest_depth.py",
     "diagnostics/test_depth.py",
     "diagnostics/test_verdicts.py",
     "distribute/test_jax_data_parallel.py",
@@ -27,7 +31,10 @@ BACKEND_NEUTRAL = {
     "layers/test_shared_rnn_cell.py",
     "layers/test_shared_rnn_errors.py",
     "layers/test_shared_rnn_serialization.py",
+    "recipes/test_every_recipe.py",
+    "recipes/test_timeseries.py",
     "test_backend_errors.py",
+    "test_cli.py",
 }
 
 

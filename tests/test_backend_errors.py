@@ -24,28 +24,20 @@ def test_an_unsupported_backend_is_named_with_the_supported_ones(monkeypatch):
         assert named in str(error.value)
 
 
-@pytest.mark.parametrize("part", ["callbacks", "monitoring"])
-def test_parts_on_both_backends(part):
-    assert importlib.import_module(f"keras_seq.{part}") is getattr(keras_seq, part)
+@pytest.mark.parametrize(
+    "part", ["callbacks", "data", "depth", "monitoring", "recipes", "runs"]
+)
+def test_every_part_loads_on_both_backends(part):
+    module = importlib.import_module(f"keras_seq.{part}")
+    assert part == "recipes" or module is getattr(keras_seq, part)
+    assert not hasattr(_backend, "TENSORFLOW_ONLY")
+    assert not hasattr(_backend, "require_tensorflow")
 
 
-@pytest.mark.parametrize("part", ["depth"])
-def test_tensorflow_only_parts(part):
-    if BACKEND == "tensorflow":
-        assert importlib.import_module(f"keras_seq.{part}") is getattr(keras_seq, part)
-        return
-    with pytest.raises(ImportError, match=f"keras_seq.{part}.*TensorFlow") as error:
-        getattr(keras_seq, part)
-    assert "'jax'" in str(error.value) and "SharedRNN" in str(error.value)
-
-
-def test_truncated_bptt_says_it_needs_tensorflow():
-    if BACKEND == "tensorflow":
-        assert keras_seq.data.TruncatedBPTT.__name__ == "TruncatedBPTT"
-        return
-    with pytest.raises(ImportError, match="TruncatedBPTT"):
-        keras_seq.data.TruncatedBPTT  # noqa: B018
-    assert callable(keras_seq.data.adding_problem)  # the datasets do load
+def test_truncated_bptt_and_the_depth_helper_load_on_both_backends():
+    assert keras_seq.data.TruncatedBPTT.__name__ == "TruncatedBPTT"
+    assert callable(keras_seq.depth.suggest_depth)
+    assert callable(keras_seq.data.adding_problem)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX venv has no TensorFlow")
@@ -61,6 +53,8 @@ def test_jax_needs_no_tensorflow():
         "m.fit(np.ones((4, 5, 3)), np.ones((4, 1)), verbose=0,"
         " callbacks=[monitor])\n"
         "assert len(monitor.timestep_frame()) == 10\n"
+        "keras_seq.depth.reduce_depth(m, depth=1)\n"
+        "keras_seq.data.TruncatedBPTT(np.ones((2, 4, 3)), np.ones((2, 4, 1)), 2, 2)\n"
         "import importlib.util\n"
         "assert importlib.util.find_spec('tensorflow') is None\n"
         "assert 'tensorflow' not in sys.modules\n"
