@@ -258,3 +258,49 @@ def test_keras_layers_equal_an_unrolled_loop(case):
         else:
             assert rows.cell_grad_norm.isna().all()
     assert monitor.to_frame().loss.iloc[0] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_monitored_fit_trains_as_keras_does():
+    # Embedding with mask_zero, dropout, BatchNormalization (non-trainable
+    # updates), Keras's GRU, sample weights and validation: the weights,
+    # metrics and validation of a monitored fit are Keras's own.
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 20, size=(24, 9))
+    tokens[::4, 6:] = 0  # padding
+    labels = rng.integers(0, 3, size=(24,))
+    weights = rng.random(24).astype("float32")
+
+    def fit(callbacks):
+        keras.utils.set_random_seed(3)
+        net = keras.Sequential(
+            [
+                keras.Input((9,), dtype="int32"),
+                keras.layers.Embedding(20, 6, mask_zero=True),
+                SharedRNN(5, return_sequences=True, dropout=0.2),
+                keras.layers.BatchNormalization(),
+                keras.layers.GRU(4),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
+        net.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        history = net.fit(
+            tokens,
+            labels,
+            sample_weight=weights,
+            batch_size=6,
+            epochs=2,
+            shuffle=False,
+            validation_data=(tokens[:8], labels[:8]),
+            callbacks=callbacks,
+            verbose=0,
+        )
+        return net, history.history
+
+    monitor = GradientMonitor(every=2, on_nan="warn")
+    monitored, ours = fit([monitor])
+    plain, theirs = fit([])
+    for key, values in theirs.items():
+        np.testing.assert_allclose(ours[key], values, rtol=1e-5, err_msg=key)
+    for a, b in zip(monitored.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert monitor.to_frame().step.tolist() == [0, 2, 4, 6]
