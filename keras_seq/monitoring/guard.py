@@ -62,6 +62,31 @@ def all_finite(sums):
     return ops.isfinite(sum(sums[1:], sums[0]))
 
 
+def decide(settings, finite, loss_finite, held):
+    """What one step does about its gradient: `(bad, overflow, condition)`.
+
+    Args:
+        settings: the `MonitorSettings` (`guard`, `hold`).
+        finite: whether the summed gradient is all finite (see `all_finite`).
+        loss_finite: whether the summed loss is finite, or None without a
+            `LossScaleOptimizer`.
+        held: whether a non-finite step under `hold` withholds this update.
+
+    Returns:
+        `bad`: a non-finite event. Under a `LossScaleOptimizer` non-finite
+        scaled gradients are routine overflows that it skips itself; only a
+        non-finite loss is news, and the overflows (`overflow`) are counted
+        apart, so the report can name them. `condition`: apply the update
+        only where it holds, or None to apply it as Keras would.
+    """
+    if loss_finite is not None:
+        bad = ~loss_finite
+        overflow = ~finite & ~bad & ~held
+        return bad, overflow, (~held if settings.hold else None)
+    condition = finite & ~held if settings.guard else None
+    return ~finite, ops.zeros((), "bool"), condition
+
+
 def raised_peak(peak, finite, global_norm):
     """The largest finite global norm since the monitor last read (and
     reset) the peak: an explosion between two recorded steps shows there."""

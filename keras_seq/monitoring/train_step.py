@@ -92,26 +92,19 @@ def monitored_step(training, data, record):
         squares = tf.add_n(guard.sum_replicas(guard.squared_sums(weight_grads)))
         finite = tf.math.is_finite(squares)
         _track_peak(settings.peak, finite, tf.sqrt(squares))
-    overflow = tf.constant(False)
     # Under `hold` a non-finite step withholds every later update of the
     # fit: the host, which reads the counters only at recorded steps and
     # epoch ends, stops the fit there with the last good step's weights.
     held = settings.counters[_STOPPED] > 0 if settings.hold else tf.constant(False)
+    loss_finite = None
     if loss_scaling:
-        # Non-finite scaled gradients are routine overflows that the
-        # LossScaleOptimizer skips itself; only a non-finite loss is news.
-        # Its skips are counted apart, so the report can name them.
-        bad = ~tf.math.is_finite(guard.sum_replicas(tf.cast(loss, tf.float32)))
+        loss_finite = tf.math.is_finite(guard.sum_replicas(tf.cast(loss, tf.float32)))
         weight_grads = guard_tf.nonfinite_everywhere(weight_grads)
         if not record:
             finite = guard.all_finite(
                 guard.sum_replicas(guard.squared_sums(weight_grads))
             )
-        overflow = ~finite & ~bad & ~held
-        condition = ~held if settings.hold else None
-    else:
-        bad = ~finite
-        condition = finite & ~held if settings.guard else None
+    bad, overflow, condition = guard.decide(settings, finite, loss_finite, held)
     if variables:  # Keras's step applies nothing to a frozen model
         if condition is None:
             model.optimizer.apply(weight_grads, variables)

@@ -87,18 +87,12 @@ def monitored_step(training, state, data, monitor, record):
         finite = jnp.isfinite(squares)
         peak = guard.raised_peak(peak, finite, jnp.sqrt(squares))
     held = counters[_STOPPED] > 0 if settings.hold else jnp.asarray(False)
-    overflow = jnp.asarray(False)
+    loss_finite = None
     if loss_scaling:
-        # As on TensorFlow: non-finite scaled gradients are overflows the
-        # LossScaleOptimizer skips itself; only a non-finite loss is news.
-        bad = ~jnp.isfinite(jnp.asarray(loss, "float32"))
+        loss_finite = jnp.isfinite(jnp.asarray(loss, "float32"))
         if not record:
             finite = guard.all_finite(guard.squared_sums(grads))
-        overflow = ~finite & ~bad & ~held
-        condition = ~held if settings.hold else None
-    else:
-        bad = ~finite
-        condition = finite & ~held if settings.guard else None
+    bad, overflow, condition = guard.decide(settings, finite, loss_finite, held)
     if trainable:  # Keras's step applies nothing to a frozen model
         new_trainable, new_optimizer = optimizer.stateless_apply(
             optimizer_values, grads, trainable
