@@ -44,6 +44,10 @@ class GradientMonitor(keras.callbacks.Callback):
     get per-layer norms. Steps that do not record run Keras's own step (plus
     an all-finite guard when `on_nan` is `"stop"` or `"skip"`).
 
+    Runs on Keras's TensorFlow and JAX backends, with the same numbers and
+    files (on JAX without TensorFlow installed: the step is Keras's
+    functional JAX step, see `keras_seq.monitoring.train_step_jax`).
+
     TensorBoard tags (under `<log_dir>/gradients`, a run of its own next to
     `keras.callbacks.TensorBoard`'s `train` and `validation`):
 
@@ -290,8 +294,9 @@ class GradientMonitor(keras.callbacks.Callback):
     @property
     def log_dir(self):
         """Where this monitor writes; None on the workers other than the
-        chief under `tf.distribute.MultiWorkerMirroredStrategy`, which hold
-        the same statistics and frames but write nothing."""
+        chief under `tf.distribute.MultiWorkerMirroredStrategy` (and on JAX
+        processes other than process 0), which hold the same statistics and
+        frames but write nothing."""
         model = self._model
         if model is not None and not monitoring.writes_summaries(model):
             return None
