@@ -445,30 +445,27 @@ def _epoch_scalars_callback(keras):
             self._writers = {}
 
         def on_epoch_end(self, epoch, logs=None):
-            from tensorboard.compat.proto import event_pb2, summary_pb2
             from tensorboard.plugins.scalar import summary_v2 as scalar_summary
             from tensorboard.summary.writer.event_file_writer import (
                 EventFileWriter,
             )
+
+            from keras_seq.callbacks.summaries import event
 
             runs = {}
             for key, value in (logs or {}).items():
                 validation = key.startswith("val_")
                 run = "validation" if validation else "train"
                 name = key[4:] if validation else key
-                runs.setdefault(run, summary_pb2.Summary()).value.extend(
-                    scalar_summary.scalar_pb(f"epoch_{name}", float(value)).value
+                runs.setdefault(run, []).append(
+                    scalar_summary.scalar_pb(f"epoch_{name}", float(value))
                 )
-            for run, summary in runs.items():
+            for run, values in runs.items():
                 if run not in self._writers:
                     directory = self.log_dir / run
                     directory.mkdir(parents=True, exist_ok=True)
                     self._writers[run] = EventFileWriter(str(directory))
-                self._writers[run].add_event(
-                    event_pb2.Event(
-                        wall_time=time.time(), step=int(epoch), summary=summary
-                    )
-                )
+                self._writers[run].add_event(event(epoch, values))
                 self._writers[run].flush()
 
         def on_train_end(self, logs=None):
@@ -482,15 +479,13 @@ def _epoch_scalars_callback(keras):
 def _write_summaries(directory, step, values):
     """One event file in `directory` holding one event at `step` with the
     `summary_pb2.Summary`s `values` (TensorBoard's writer, no TensorFlow)."""
-    from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    summary = summary_pb2.Summary()
-    for value in values:
-        summary.value.extend(value.value)
+    from keras_seq.callbacks.summaries import event
+
     pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
     writer = EventFileWriter(str(directory))
-    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+    writer.add_event(event(step, values))
     writer.close()
 
 

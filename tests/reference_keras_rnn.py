@@ -242,3 +242,30 @@ def unrolled_gradients(model, x, y, mask=None):
         per_step = np.sum(dk * (total / np.linalg.norm(total)), axis=(1, 2))
         contributions[layer.name] = per_step[back]
     return norms, cell_norms, contributions, value
+
+
+def assert_frame_matches(monitor, reference, mask=None, atol=1e-9):
+    """The monitor's first recorded step against a reference's `(norms,
+    cell_norms, contributions, loss)`: per-step ||dL/dh_t||, contributions
+    and ||dL/dc_t|| (NaN without a carry) at rtol 1e-4 (`atol` for the
+    norms, 10x it for the contributions), the valid fraction under `mask`,
+    and the loss."""
+    norms, cell_norms, contributions, loss = reference
+    frame = monitor.timestep_frame()
+    assert sorted(frame.layer.unique()) == sorted(f"{n}/level_0" for n in norms)
+    for name in norms:
+        rows = frame[frame.layer == f"{name}/level_0"].sort_values("timestep")
+        np.testing.assert_allclose(rows.grad_norm, norms[name], rtol=1e-4, atol=atol)
+        np.testing.assert_allclose(
+            rows.contribution, contributions[name], rtol=1e-4, atol=10 * atol
+        )
+        if name in cell_norms:
+            np.testing.assert_allclose(
+                rows.cell_grad_norm, cell_norms[name], rtol=1e-4, atol=atol
+            )
+        else:
+            assert rows.cell_grad_norm.isna().all()
+        if mask is not None:
+            np.testing.assert_allclose(rows.valid_fraction, mask.mean(axis=0))
+    recorded = monitor.to_frame().loss.iloc[0]
+    assert abs(recorded - loss) <= 1e-5 * abs(loss), (recorded, loss)

@@ -67,12 +67,7 @@ class GradientSummaries:
 
     def _write(self, step, values):
         """One event at `step` holding `values` (`summary_pb2.Summary`s)."""
-        summary = summary_pb2.Summary()
-        for value in values:
-            summary.value.extend(value.value)
-        self.writer(int(step)).add_event(
-            event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
-        )
+        self.writer(int(step)).add_event(event(step, values))
 
     def scalars(self, row, counts, histograms=None):
         """Write a record's scalars: `global_norm`, `applied_norm`, `loss`,
@@ -129,6 +124,15 @@ class GradientSummaries:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def event(step, values):
+    """An `Event` at `step` holding the values of the `summary_pb2.Summary`s
+    `values`, for TensorBoard's `EventFileWriter.add_event`."""
+    summary = summary_pb2.Summary()
+    for value in values:
+        summary.value.extend(value.value)
+    return event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
 
 
 def image_summary(tag, pixels):
