@@ -29,9 +29,11 @@ class ResetStates(keras.callbacks.Callback):
         TypeError: `data`/`validation_data` is not a `TruncatedBPTT`.
         ValueError (at the start of `fit`): the model has no stateful
             recurrent layer, `steps_per_epoch` is not one pass over `data`,
-            or the model runs several steps per call
-            (`steps_per_execution > 1`, which would carry states across a
-            group boundary inside one call).
+            the model runs several steps per call (`steps_per_execution >
+            1`, which would carry states across a group boundary inside one
+            call), or, on JAX, a stateful layer's states are not among the
+            model's variables (Keras 3.15's own `SimpleRNN`/`GRU`/`LSTM`:
+            the JAX trainer would not carry them; `SharedRNN` lists them).
     """
 
     def __init__(self, data, validation_data=None):
@@ -67,6 +69,18 @@ class ResetStates(keras.callbacks.Callback):
                 "ResetStates resets states between batches, so it needs "
                 "`steps_per_execution=1` in `compile`. Received: "
                 f"steps_per_execution={self.model.steps_per_execution}"
+            )
+        untracked = _untracked_states(self.model, self._layers)
+        if untracked:
+            raise ValueError(
+                "On the JAX backend, `fit` carries only the states that are "
+                "among the model's variables, and Keras 3.15's RNN layers "
+                "create theirs untracked, so these layers would start every "
+                f"batch from the same states: {untracked}. Use "
+                "keras_seq.layers.SharedRNN (a drop-in for SimpleRNN, which "
+                "lists its states) or the TensorFlow backend for truncated "
+                "BPTT with Keras's GRU/LSTM. Received: KERAS_BACKEND="
+                f"{keras.backend.backend()!r}"
             )
         steps = (self.params or {}).get("steps")
         if steps is not None and steps != len(self.data):
@@ -104,8 +118,29 @@ class ResetStates(keras.callbacks.Callback):
             self._reset()
 
     def _reset(self):
+        # On JAX, Keras's `Callback.model` first writes the trainer's
+        # in-flight state into the variables and marks it for re-reading
+        # before the next step, so the zeroed states reach that step.
+        self.model  # noqa: B018 (read for the JAX state sync)
         for layer in self._layers:
             layer.reset_state()
+
+
+def _untracked_states(model, layers):
+    """Names of the `layers` whose states the JAX trainer would not carry
+    (not among `model.non_trainable_variables`); none on other backends,
+    whose steps assign the variables themselves."""
+    if keras.backend.backend() != "jax":
+        return []
+    held = {id(v) for v in model.non_trainable_variables}
+    names = []
+    for layer in layers:
+        for sublayer in nested_layers(layer):
+            states = getattr(sublayer, "states", None)
+            if getattr(sublayer, "stateful", False) and states is not None:
+                if any(id(v) not in held for v in keras.tree.flatten(states)):
+                    names.append(f"{sublayer.name} ({type(sublayer).__name__})")
+    return names
 
 
 def stateful_layers(model):

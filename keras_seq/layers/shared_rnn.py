@@ -234,6 +234,31 @@ class SharedRNN(keras.layers.RNN):
     recurrent_dropout = property(lambda self: self.cell.recurrent_dropout)
     seed = property(lambda self: self.cell.seed)
 
+    @property
+    def variables(self):
+        """Keras's `variables` plus a stateful layer's states.
+
+        Keras 3.15's `RNN` creates a stateful layer's states untracked
+        (`_create_state_variables` under `no_automatic_dependency_tracking`),
+        so they are not among a model's `non_trainable_variables`. The JAX
+        trainer's step is functional over exactly those, so it reads the
+        states as constants and drops their updates: no state is carried
+        from batch to batch inside `fit`. Listing them here (like a
+        `SeedGenerator`'s state: a variable, not a weight) puts them in the
+        trainer's state on every backend, and leaves `weights`,
+        `get_weights()` and saved files as they are. Keras's own stateful
+        RNNs keep the gap (`callbacks.ResetStates` says so on JAX);
+        `tests/data/test_truncated_bptt.py` notices when Keras
+        tracks them itself.
+        """
+        variables = super().variables
+        if self.stateful and self.states is not None:
+            seen = {id(v) for v in variables}
+            variables += [
+                v for v in keras.tree.flatten(self.states) if id(v) not in seen
+            ]
+        return variables
+
     def build(self, sequences_shape, initial_state_shape=None):
         super().build(sequences_shape, initial_state_shape)
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: self.cell.input_dim})

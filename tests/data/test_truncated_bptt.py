@@ -11,19 +11,6 @@ from tests.conftest import assert_close
 
 BACKEND = keras.backend.backend()
 
-# Keras 3.15 on JAX does not carry a stateful RNN's states from one batch to
-# the next: `RNN` creates them untracked (not in the model's
-# non_trainable_variables), so the jitted train step's assignments to them
-# are dropped (Keras's own SimpleRNN too); and a callback's
-# `reset_state()` reaches the train step only if it syncs the JAX state
-# first. The tests that need carried states fail there until SharedRNN
-# tracks its states and ResetStates syncs (strict: they say when it works).
-needs_carried_states = pytest.mark.xfail(
-    BACKEND == "jax",
-    reason="stateful states are not carried by Keras 3.15's JAX fit",
-    strict=True,
-)
-
 BATCH, FEATURES, UNITS, DEPTH = 2, 3, 4, 2
 LR = 0.5
 
@@ -129,7 +116,6 @@ def _fit_matches_the_reference(data, epochs, shuffle=False):
         assert_close(actual, expected, tol=1e-5)
 
 
-@needs_carried_states
 @pytest.mark.parametrize("chunk, shuffle", [(5, False), (4, True)])
 def test_chunks_train_as_an_unrolled_reference(chunk, shuffle):
     x, y = _data(steps=12)
@@ -160,7 +146,6 @@ def test_a_chunk_as_long_as_the_sequence_is_full_bptt():
         assert_close(a, b, tol=1e-5)
 
 
-@needs_carried_states
 def test_without_resets_states_leak_across_groups():
     # The reset is what makes the test above pass.
     x, y = _data(steps=9)
@@ -227,7 +212,6 @@ def test_sequences_of_different_lengths():
         assert_close(a, b, tol=1e-6)
 
 
-@needs_carried_states
 def test_validation_starts_from_zero_states_and_matches_full_sequences():
     x, y = _data(steps=12)
     xv, yv = _data(steps=12, seed=1)
@@ -308,7 +292,6 @@ def test_bad_arguments_name_themselves(kwargs, error, match):
         keras_seq.data.TruncatedBPTT(**arguments)
 
 
-@needs_carried_states
 def test_shuffled_groups_follow_the_epoch_and_reset_where_they_begin():
     # The groups are shuffled per epoch here (fit(shuffle=False): Keras
     # keeps the batches in order), and resets follow: two epochs train as
@@ -394,3 +377,75 @@ def test_on_jax_the_dataset_is_a_single_threaded_py_dataset_of_the_epoch():
     assert data.chunks(0) != data.chunks(1)
     with pytest.raises(IndexError, match="has 12 batches. Received: index=12"):
         dataset[12]
+
+
+def _stateful_stack(kind, batch=BATCH):
+    """A stateful model of `kind` and the layer whose states run forward."""
+    inputs = keras.Input((None, FEATURES), batch_size=batch)
+    if kind == "shared":
+        rnn = keras_seq.layers.SharedRNN(
+            UNITS, depth=DEPTH, return_sequences=True, stateful=True, name="rnn"
+        )
+        outputs, forward = rnn(inputs), rnn
+    elif kind == "bidirectional":
+        rnn = keras.layers.Bidirectional(
+            keras_seq.layers.SharedRNN(UNITS, return_sequences=True, stateful=True),
+            name="rnn",
+        )
+        outputs, forward = rnn(inputs), rnn.forward_layer
+    else:
+        rnn = keras.layers.LSTM(UNITS, return_sequences=True, stateful=True)
+        outputs, forward = rnn(inputs), rnn
+    model = keras.Model(inputs, keras.layers.Dense(2)(outputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    return model, forward
+
+
+@pytest.mark.parametrize("kind", ["shared", "bidirectional", "lstm"])
+def test_fit_carries_states_to_the_end_of_the_last_group(kind):
+    # With a zero learning rate, the states a stateful layer holds after
+    # fit are the last group's end states, as one call on its whole
+    # sequences gives them; a state not carried from chunk to chunk (or a
+    # reset in the middle of a group) would give the last chunk's alone.
+    x, y = _data(sequences=4, steps=10)
+    data = keras_seq.data.TruncatedBPTT(x, y, 3, BATCH, shuffle=False)
+    model, forward = _stateful_stack(kind)
+    callbacks = [keras_seq.callbacks.ResetStates(data)]
+    if kind == "lstm" and BACKEND == "jax":
+        with pytest.raises(ValueError, match=r"lstm.*\(LSTM\).*SharedRNN"):
+            model.fit(data.dataset, shuffle=False, verbose=0, callbacks=callbacks)
+        return
+    model.fit(data.dataset, shuffle=False, verbose=0, callbacks=callbacks)
+    # The last group's chunks, padded end included (the layer steps over it).
+    group = data.chunks(0)[-1][0]
+    last = np.concatenate(
+        [data.batch(g, c)[0] for g, c in data.chunks(0) if g == group], axis=1
+    )
+    config = {**forward.get_config(), "stateful": False, "return_state": True}
+    fresh = type(forward).from_config(config)
+    fresh.build((None, None, FEATURES))
+    fresh.set_weights(forward.get_weights())
+    _, *expected = fresh(last)
+    carried = forward.states
+    assert len(carried) == len(expected)
+    for actual, wanted in zip(carried, expected):
+        assert_close(keras.ops.convert_to_numpy(actual), wanted, tol=1e-5)
+
+
+def test_keras_rnn_states_are_outside_the_model_variables_upstream():
+    # Keras 3.15's RNN creates a stateful layer's states untracked, which
+    # is why SharedRNN lists them in `variables` and ResetStates refuses
+    # Keras's own stateful RNNs on JAX. When this fails, Keras tracks them:
+    # drop `SharedRNN.variables` and `reset_states._untracked_states`.
+    inputs = keras.Input((None, FEATURES), batch_size=BATCH)
+    rnn = keras.layers.SimpleRNN(UNITS, stateful=True)
+    model = keras.Model(inputs, rnn(inputs))
+    held = {id(v) for v in model.non_trainable_variables}
+    assert rnn.states is not None
+    assert not any(id(v) in held for v in rnn.states)
+    shared = keras_seq.layers.SharedRNN(UNITS, stateful=True)
+    model = keras.Model(inputs, shared(inputs))
+    held = {id(v) for v in model.non_trainable_variables}
+    assert all(id(v) in held for v in shared.states)
+    # ... as variables, not weights: saved files and get_weights unchanged.
+    assert len(model.get_weights()) == len(shared.cell.weights) == 3
