@@ -16,6 +16,7 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import json
 import os
 import pathlib
 import pkgutil
@@ -244,23 +245,7 @@ def _complete(args):
     except Exception as error:
         message = " ".join(str(error).split())[:200]
         raise _Failure("complete", f"cannot load {_shown(path)}: {message}") from None
-    vectorizer = next(
-        (
-            layer
-            for layer in model.layers
-            if isinstance(layer, keras.layers.TextVectorization)
-        ),
-        None,
-    )
-    if vectorizer is None:
-        raise _Failure(
-            "complete",
-            f"{_shown(path)} is not a next_word model (it has no "
-            "TextVectorization layer); train one with: "
-            f"{_PROG} run {_NEXT_WORD}",
-        )
-    vocabulary = [str(word) for word in vectorizer.get_vocabulary()]
-    length = vectorizer.get_config().get("output_sequence_length")
+    vocabulary, length, network = _reader(keras, model, path)
     context = words[-length:] if length else words
     unknown = sorted({word for word in context if word not in vocabulary})
     if unknown:
@@ -269,22 +254,55 @@ def _complete(args):
             + ", ".join(unknown),
             file=sys.stderr,
         )
-    ranked = _next_words(model, vectorizer, " ".join(context), args.k, path)
+    ranked = _next_words(network, vocabulary, length, " ".join(context), args.k, path)
     width = max(len(word) for word, _ in ranked)
     for word, probability in ranked:
         print(f"{word:<{width}}  {probability:.3f}")
     return 0
 
 
-def _next_words(model, vectorizer, prompt, k, path):
-    """`keras_seq.data.next_words` on the network behind the model's
-    TextVectorization, given the ids the vectorizer makes of `prompt`: its
-    last `output_sequence_length` words, padded after them."""
-    import keras
+def _reader(keras, model, path):
+    """`(vocabulary, length, network)` of a next_word model: the network of
+    token ids, the word of each id and how many ids it reads (None: any).
 
-    import keras_seq.data
-
-    vocabulary = [str(word) for word in vectorizer.get_vocabulary()]
+    A model saved on TensorFlow reads text (a `TextVectorization`, then the
+    network); one saved elsewhere reads ids, with `vocabulary.json` beside
+    it (`runs.Run.save(..., vocabulary=...)`)."""
+    vectorizer = next(
+        (
+            layer
+            for layer in model.layers
+            if isinstance(layer, keras.layers.TextVectorization)
+        ),
+        None,
+    )
+    if vectorizer is not None:
+        vocabulary = [str(word) for word in vectorizer.get_vocabulary()]
+        length = vectorizer.get_config().get("output_sequence_length")
+        network = keras.Sequential(model.layers[model.layers.index(vectorizer) + 1 :])
+    else:
+        listed = path.parent / runs._VOCABULARY_FILE
+        if not listed.is_file():
+            raise _Failure(
+                "complete",
+                f"{_shown(path)} is not a next_word model (it has no "
+                "TextVectorization layer and no "
+                f"{runs._VOCABULARY_FILE} beside it); train one with: "
+                f"{_PROG} run {_NEXT_WORD}",
+            )
+        try:
+            vocabulary = json.loads(listed.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise _Failure(
+                "complete", f"cannot read {_shown(listed)}: {error}"
+            ) from None
+        if not isinstance(vocabulary, list) or not all(
+            isinstance(word, str) for word in vocabulary
+        ):
+            raise _Failure("complete", f"{_shown(listed)} is not a list of words")
+        shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+        length = shape[1] if shape is not None and len(shape) == 2 else None
+        network = model
     outputs = keras.tree.flatten(getattr(model, "outputs", None) or [])
     if outputs and outputs[0].shape[-1] != len(vocabulary):
         raise _Failure(
@@ -292,8 +310,14 @@ def _next_words(model, vectorizer, prompt, k, path):
             f"{_shown(path)} outputs {outputs[0].shape[-1]} scores for "
             f"{len(vocabulary)} words: not a next_word model",
         )
-    network = keras.Sequential(model.layers[model.layers.index(vectorizer) + 1 :])
-    length = vectorizer.get_config().get("output_sequence_length")
+    return vocabulary, length, network
+
+
+def _next_words(network, vocabulary, length, prompt, k, path):
+    """`keras_seq.data.next_words` on the network of token ids, given the
+    prompt's last `length` words, padded after them."""
+    import keras_seq.data
+
     try:
         return keras_seq.data.next_words(
             network, vocabulary, prompt, k=k, max_len=length, padding="post"

@@ -84,6 +84,7 @@ __all__ = [
 ]
 
 _SUMMARY_FILE = "summary.json"
+_VOCABULARY_FILE = "vocabulary.json"
 _MODEL_FILE = "model.keras"
 _GRADIENTS_FILE = "gradients.parquet"
 _REPORT_FILE = "report.txt"
@@ -297,10 +298,11 @@ class Run:
         )
         return callback
 
-    def save(self, model, monitor=None, label=None):
+    def save(self, model, monitor=None, label=None, vocabulary=None):
         """Saves a trained model and what its `GradientMonitor` recorded.
 
-        Writes `model.keras`; with a monitor also `gradients.parquet`,
+        Writes `model.keras`; with a vocabulary also `vocabulary.json`; with
+        a monitor also `gradients.parquet`,
         `gradients_timesteps.parquet` (`monitor.save`) and `report.txt`
         (`monitor.report()`), in `log_dir(label)`, and keeps the diagnosis
         per sublayer for `summary.json`.
@@ -311,6 +313,9 @@ class Run:
                 watched its training.
             label: Optional name (letters, digits, `_`, `-`, `.`) for a run
                 that trains several models; each label gets a subdirectory.
+            vocabulary: Optional list of strings, the word of each token id
+                the model reads (`keras-seq complete` reads a model of ids
+                with it; on TensorFlow a model can read text itself).
 
         Returns:
             `{"model": path, "gradients": path, ...}` of the files written.
@@ -321,6 +326,11 @@ class Run:
         # while saving leaves nothing torn for `keras-seq report` to read.
         with _atomic.replacing(files["model"]) as partial:
             model.save(partial)
+        if vocabulary is not None:
+            files["vocabulary"] = directory / _VOCABULARY_FILE
+            _atomic.write_text(
+                files["vocabulary"], json.dumps([str(w) for w in vocabulary]) + "\n"
+            )
         entry = {}
         if monitor is not None:
             files["gradients"], files["timesteps"] = monitor.save(

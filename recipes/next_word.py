@@ -1,14 +1,16 @@
 """Next-word prediction on English idioms with a two-level SharedRNN.
 
 Every prefix of the ~200 built-in idioms gives one training pair ("feeling
-under the" -> "weather"); `keras.layers.TextVectorization` maps the words to
+under the" -> "weather"); `keras_seq.data.next_word_dataset` maps the words to
 ids, and `Embedding(mask_zero=True) -> SharedRNN(128, depth=2) ->
 Dense(softmax)` learns them with a GradientMonitor watching. Reports top-1
 and top-5 accuracy on all pairs against the corpus ceiling (some prefixes
 start several idioms: "a", "the", "bite the", so no model gets them all),
-prints completions with their probabilities, and saves the model with the
-TextVectorization in front, so that it reads raw text:
-`keras-seq complete "once in a blue"`.
+prints completions with their probabilities, and saves the model with its
+vocabulary (`vocabulary.json`) for `keras-seq complete "once in a blue"`. On
+TensorFlow the saved model also reads raw text (a `TextVectorization` with
+the same vocabulary in front); elsewhere it reads token ids, since
+`TextVectorization` needs TensorFlow.
 
 Runtime: ~35 s on 2 CPU cores (--smoke: ~5 s).
 
@@ -20,7 +22,6 @@ import collections
 import sys
 
 import keras
-import numpy as np
 
 import keras_seq
 from keras_seq import runs
@@ -64,6 +65,23 @@ def ceilings(prefixes, targets):
     return best(1), best(5), following
 
 
+def text_model(model, vocabulary, max_words):
+    """On TensorFlow, `model` behind a `TextVectorization` of `vocabulary`,
+    so that the saved model reads raw text; `model` itself elsewhere
+    (`TextVectorization` needs TensorFlow)."""
+    if keras.backend.backend() != "tensorflow":
+        return model
+    vectorize = keras.layers.TextVectorization(
+        standardize="lower",
+        split="whitespace",
+        output_sequence_length=max_words,
+        vocabulary=vocabulary[2:],  # it adds "" and "[UNK]" itself
+    )
+    return keras_seq.Sequential(
+        [keras.Input((1,), dtype="string"), vectorize, model], name="next_word_text"
+    )
+
+
 def main(argv=None):
     parser = runs.argument_parser(NAME, __doc__, epochs=40, batch_size=32)
     parser.add_argument(
@@ -80,14 +98,8 @@ def main(argv=None):
     if args.smoke:
         idioms, args.units = idioms[::8], min(args.units, 16)
     prefixes, targets, max_words = next_word_pairs(idioms)
-    vectorize = keras.layers.TextVectorization(
-        standardize="lower", split="whitespace", output_sequence_length=max_words
-    )
-    vectorize.adapt(idioms)
-    vocabulary = [str(word) for word in vectorize.get_vocabulary()]  # 0: "", 1: OOV
-    word_id = {word: i for i, word in enumerate(vocabulary)}
-    x = keras.ops.convert_to_numpy(vectorize(prefixes))
-    y = np.array([word_id[word] for word in targets], dtype="int32")
+    # Ids after the words, most frequent word first (0: padding, 1: unknown).
+    x, y, vocabulary = keras_seq.data.next_word_dataset(idioms, padding="post")
     print(
         f"{len(idioms)} idioms -> {len(y)} (prefix, next word) pairs, "
         f"{len(vocabulary)} words, prefixes padded to {max_words}"
@@ -126,29 +138,23 @@ def main(argv=None):
         ],
     )
 
-    # The saved model reads raw text: TextVectorization, then the network.
-    text_model = keras_seq.Sequential(
-        [keras.Input((1,), dtype="string"), vectorize, model], name="next_word_text"
-    )
-    run.save(text_model, monitor)
+    run.save(text_model(model, vocabulary, max_words), monitor, vocabulary=vocabulary)
 
     top1_ceiling, top5_ceiling, following = ceilings(prefixes, targets)
     loss, top1, top5 = model.evaluate(x, y, verbose=0)
     prompts = [p for p in PROMPTS if p in following] or prefixes[-3:]
-    probabilities = keras.ops.convert_to_numpy(
-        text_model(np.array([[p] for p in prompts]))
-    )
-    probabilities[:, :2] = 0.0  # padding and out-of-vocabulary are not words
     print("\nCompletions (top 3 with probabilities; the corpus's next words):")
     width = max(len(p) for p in prompts)
     hits = 0
     completed = {}  # prompt -> its top 3, for the closing commands
-    for prompt, row in zip(prompts, probabilities):
-        best = np.argsort(-row, kind="stable")[:3]
-        shown = ", ".join(f"{vocabulary[i]} {row[i]:.2f}" for i in best)
+    for prompt in prompts:
+        best = keras_seq.data.next_words(
+            model, vocabulary, prompt, k=3, max_len=max_words, padding="post"
+        )
+        shown = ", ".join(f"{word} {probability:.2f}" for word, probability in best)
         completed[prompt] = shown
         expected = sorted(following[prompt])
-        hits += vocabulary[best[0]] in expected
+        hits += best[0][0] in expected
         print(f"  {prompt:<{width}}  -> {shown:<40} ({' or '.join(expected)})")
 
     # The closing commands, as the README's quick start shows them.

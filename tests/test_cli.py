@@ -17,8 +17,8 @@ import keras_seq
 from keras_seq import cli
 from keras_seq.recipes import next_word
 
-# next_word (the smoke run) and `keras-seq complete` read text through
-# keras.layers.TextVectorization, which needs TensorFlow (on every backend).
+# A model that reads text through keras.layers.TextVectorization needs
+# TensorFlow (on every backend); next_word saves one there only.
 needs_text_vectorization = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="TextVectorization needs TensorFlow",
@@ -137,7 +137,6 @@ def test_list_shows_every_recipe_with_its_runtime_without_tensorflow():
     assert not imported_tensorflow(result.stderr)
 
 
-@needs_text_vectorization
 def test_run_trains_and_prints_without_tensorflow_noise(smoke_run):
     result, run_dir = smoke_run
     assert result.returncode == 0, result.stderr
@@ -148,7 +147,6 @@ def test_run_trains_and_prints_without_tensorflow_noise(smoke_run):
     assert summary["recipe"] == "next_word" and summary["arguments"]["smoke"]
 
 
-@needs_text_vectorization
 def test_run_ends_with_the_commands_the_readme_shows(smoke_run):
     result, run_dir = smoke_run
     assert result.returncode == 0, result.stderr
@@ -182,7 +180,6 @@ def test_run_passes_bad_options_back_as_one_line(tmp_path):
     assert not NOISE.search(result.stderr)
 
 
-@needs_text_vectorization
 def test_report_prints_the_run_without_tensorflow(smoke_run):
     _, run_dir = smoke_run
     result = keras_seq_command("report", str(run_dir), importtime=True)
@@ -193,7 +190,6 @@ def test_report_prints_the_run_without_tensorflow(smoke_run):
     assert not imported_tensorflow(result.stderr)
 
 
-@needs_text_vectorization
 def test_report_of_a_recipe_directory_is_its_latest_run(smoke_run, tmp_path):
     _, run_dir = smoke_run
     shutil.copytree(run_dir, tmp_path / "20000101-000000")
@@ -285,7 +281,6 @@ def test_report_errors(tmp_path):
     )
 
 
-@needs_text_vectorization
 def test_complete_prints_k_words_with_probabilities(smoke_run):
     _, run_dir = smoke_run
     result = keras_seq_command(
@@ -322,9 +317,34 @@ def test_complete_refuses_a_model_that_is_not_next_word(tmp_path, capsys):
     assert code == 1
     assert capsys.readouterr().err == (
         f"keras-seq complete: error: {tmp_path / 'other.keras'} is not a "
-        "next_word model (it has no TextVectorization layer); train one with: "
-        "keras-seq run next_word\n"
+        "next_word model (it has no TextVectorization layer and no "
+        "vocabulary.json beside it); train one with: keras-seq run next_word\n"
     )
+    (tmp_path / "vocabulary.json").write_text('["", "[UNK]", 3]')
+    code = cli.main(["complete", "a b", "--model", str(tmp_path / "other.keras")])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"keras-seq complete: error: {tmp_path / 'vocabulary.json'} is not a "
+        "list of words\n"
+    )
+
+
+@needs_text_vectorization
+def test_complete_reads_the_text_model_as_its_network_and_vocabulary(
+    trained_run, tmp_path, capsys
+):
+    # A text model (TensorFlow) and its network of ids saved beside
+    # vocabulary.json (what next_word saves on JAX) complete alike.
+    text_model = keras.saving.load_model(trained_run / "model.keras")
+    ids_dir = tmp_path / "ids"
+    ids_dir.mkdir()
+    text_model.layers[-1].save(ids_dir / "model.keras")
+    shutil.copy(trained_run / "vocabulary.json", ids_dir)
+    outputs = []
+    for model in (trained_run, ids_dir):
+        assert cli.main(["complete", "bite the", "--model", str(model), "-k", "4"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 4
 
 
 @needs_text_vectorization
@@ -355,7 +375,6 @@ def test_complete_refuses_a_text_model_with_the_wrong_output_size(tmp_path, caps
     )
 
 
-@needs_text_vectorization
 @pytest.mark.parametrize(
     "prompt, ending",
     [
@@ -372,7 +391,6 @@ def test_complete_returns_the_idioms_ending(trained_run, prompt, ending, capsys)
     assert word == ending and float(probability) > 0.3
 
 
-@needs_text_vectorization
 def test_complete_uses_the_latest_next_word_run(trained_run, tmp_path):
     shutil.copytree(trained_run, tmp_path / "runs" / "next_word" / "20000101-000000")
     result = keras_seq_command("complete", "break the", "-k", "1", cwd=tmp_path)

@@ -6,6 +6,7 @@ idiom gives one training pair per word after the first: the prefix
 `"feeling under the"` predicts `"weather"`.
 """
 
+import collections
 import re
 import typing
 
@@ -279,8 +280,9 @@ def next_word_dataset(texts=None, max_len=None, padding="pre"):
     Each text of `n` words gives `n - 1` pairs: its first `k` words (for
     `k = 1 .. n - 1`) as input and word `k + 1` as target. Texts are
     lowercased and split into words (letters and digits, with inner
-    apostrophes kept, as in "don't"); a `keras.layers.StringLookup` adapted
-    on all the words maps them to ids, most frequent first. Prefixes are
+    apostrophes kept, as in "don't") and mapped to ids, most frequent first
+    (the order a `keras.layers.StringLookup` adapted on all the words gives,
+    built in Python so that it runs without TensorFlow). Prefixes are
     padded with 0, so a model can start with
     `keras.layers.Embedding(len(vocabulary), ..., mask_zero=True)`.
 
@@ -329,15 +331,14 @@ def next_word_dataset(texts=None, max_len=None, padding="pre"):
             f"Received: texts={_short_repr(texts)}"
         )
 
-    lookup = keras.layers.StringLookup(mask_token=_PADDING_TOKEN, oov_token=_OOV_TOKEN)
-    lookup.adapt([word for words in word_lists for word in words])
-    vocabulary = [str(word) for word in lookup.get_vocabulary()]
+    vocabulary = _vocabulary(word for words in word_lists for word in words)
+    word_id = {word: i for i, word in enumerate(vocabulary)}
 
     prefixes, targets = [], []
     for words in word_lists:
         if len(words) < 2:
             continue
-        ids = np.asarray(lookup(words)).tolist()
+        ids = [word_id[word] for word in words]
         for k in range(1, len(ids)):
             prefixes.append(ids[:k])
             targets.append(ids[k])
@@ -484,12 +485,8 @@ def _prompt_ids(model, vocabulary, prompt, count_name, count, max_len, padding):
             "Argument `prompt` must contain at least one word. "
             f"Received: prompt={prompt!r}"
         )
-    lookup = keras.layers.StringLookup(
-        vocabulary=list(vocabulary[2:]),
-        mask_token=_PADDING_TOKEN,
-        oov_token=_OOV_TOKEN,
-    )
-    return np.asarray(lookup(words)).tolist()
+    word_id = {word: i for i, word in enumerate(vocabulary) if i >= 2}
+    return [word_id.get(word, 1) for word in words]  # 1: "[UNK]"
 
 
 def _next_scores(model, vocabulary, ids, max_len, padding):
@@ -513,6 +510,16 @@ def _next_scores(model, vocabulary, ids, max_len, padding):
     scores = scores[0]
     scores[:2] = -np.inf  # never predict padding or "[UNK]"
     return scores
+
+
+def _vocabulary(words):
+    """`["", "[UNK]"]` then the distinct `words`, most frequent first and
+    ties in reverse byte order: what `keras.layers.StringLookup(mask_token="",
+    oov_token="[UNK]").adapt(words)` gives (its `np.lexsort` of counts and
+    tokens, reversed), without TensorFlow."""
+    counts = collections.Counter(words)
+    ranked = sorted(counts, key=lambda w: (counts[w], w.encode()), reverse=True)
+    return [_PADDING_TOKEN, _OOV_TOKEN, *ranked]
 
 
 def _split_words(text):

@@ -94,6 +94,31 @@ def test_vocabulary_starts_with_padding_and_oov(dataset):
     assert {"feeling", "weather", "don't"} <= set(vocabulary)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="StringLookup needs TensorFlow"
+)
+@pytest.mark.parametrize(
+    "texts",
+    [None, ["b a c a b d", "zeta alpha zeta beta alpha gamma don't café cafe"]],
+)
+def test_vocabulary_and_ids_are_string_lookups(texts):
+    # The reference: Keras's StringLookup adapted on every word, as this
+    # function used before it was written in Python (ties included).
+    x, y, vocabulary = next_word_dataset(texts)
+    words = [
+        w
+        for t in (texts or load_idioms())
+        for w in keras_seq.data.idioms._split_words(t)
+    ]
+    lookup = keras.layers.StringLookup(mask_token="", oov_token="[UNK]")
+    lookup.adapt(words)
+    assert vocabulary == [str(w) for w in lookup.get_vocabulary()]
+    first = (texts or load_idioms())[0]
+    ids = np.asarray(lookup(keras_seq.data.idioms._split_words(first))).tolist()
+    assert x[len(ids) - 2, -(len(ids) - 1) :].tolist() == ids[:-1]
+    assert y[len(ids) - 2] == ids[-1]
+
+
 def test_prefixes_and_targets_of_one_idiom(dataset):
     assert rows_of(dataset, "feeling under the weather") == [
         ("feeling", "under"),

@@ -1,5 +1,6 @@
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -16,10 +17,22 @@ def test_smoke_run_writes_everything_and_loads(tmp_path, check_run, capsys):
     assert figures["epochs"] == 1 and figures["pairs"] > 50
     for k in (1, 5):
         assert 0 <= figures[f"top{k}_accuracy"] <= figures[f"top{k}_ceiling"] <= 1
-    # The saved model reads raw text and gives one probability per word.
-    probabilities = np.asarray(models["model"](np.array([["break the"]])))
+    # The saved model reads token ids, the words of vocabulary.json, and
+    # gives one probability per word; on TensorFlow it reads raw text too,
+    # as the same network on that text's ids.
+    vocabulary = json.loads((tmp_path / "vocabulary.json").read_text())
+    assert vocabulary[:2] == ["", "[UNK]"] and len(vocabulary) == figures["vocabulary"]
+    model = network = models["model"]
+    if keras.backend.backend() == "tensorflow":
+        network = model.layers[-1]
+    length = network.inputs[0].shape[1]
+    ids = [vocabulary.index("break"), vocabulary.index("the")]
+    probabilities = np.asarray(network(np.array([ids + [0] * (length - 2)])))
     assert probabilities.shape == (1, figures["vocabulary"])
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    if network is not model:
+        text = np.asarray(model(np.array([["Break  the"]])))
+        np.testing.assert_allclose(text, probabilities, atol=1e-6)
     assert "Completions (top 3 with probabilities" in out
     assert "Final figures:" in out and "tensorboard --logdir" in out
 
