@@ -296,10 +296,15 @@ def _reader(keras, model, path):
             raise _Failure(
                 "complete", f"cannot read {_shown(listed)}: {error}"
             ) from None
-        if not isinstance(vocabulary, list) or not all(
-            isinstance(word, str) for word in vocabulary
-        ):
-            raise _Failure("complete", f"{_shown(listed)} is not a list of words")
+        import keras_seq.data.idioms
+
+        try:
+            keras_seq.data.idioms._check_vocabulary(vocabulary)
+        except (TypeError, ValueError) as error:
+            message = " ".join(str(error).split())[:200]
+            raise _Failure(
+                "complete", f"{_shown(listed)} is not a next_word vocabulary: {message}"
+            ) from None
         shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
         length = shape[1] if shape is not None and len(shape) == 2 else None
         network = model

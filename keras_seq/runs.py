@@ -320,6 +320,8 @@ class Run:
         Returns:
             `{"model": path, "gradients": path, ...}` of the files written.
         """
+        if vocabulary is not None:
+            _check_words(vocabulary)
         directory = self.log_dir(label)
         files = {"model": directory / _MODEL_FILE}
         # Each file whole or not at all (keras_seq._atomic): a run killed
@@ -328,9 +330,7 @@ class Run:
             model.save(partial)
         if vocabulary is not None:
             files["vocabulary"] = directory / _VOCABULARY_FILE
-            _atomic.write_text(
-                files["vocabulary"], json.dumps([str(w) for w in vocabulary]) + "\n"
-            )
+            _atomic.write_text(files["vocabulary"], json.dumps(list(vocabulary)) + "\n")
         entry = {}
         if monitor is not None:
             files["gradients"], files["timesteps"] = monitor.save(
@@ -832,6 +832,23 @@ def _check_label(label):
             "Argument `label` must be a non-empty string of letters, digits, "
             f"'_', '-' or '.' (not starting with '.'). Received: label={label!r}"
         )
+
+
+def _check_words(vocabulary):
+    """`Run.save`'s `vocabulary`: a list or tuple of strings."""
+    if isinstance(vocabulary, (list, tuple)):
+        for i, word in enumerate(vocabulary):
+            if not isinstance(word, str):
+                raise TypeError(
+                    "Argument `vocabulary` must be a list of strings (the word "
+                    f"of each token id) or None. Received: vocabulary[{i}]="
+                    f"{word!r} (of type {type(word).__name__})"
+                )
+        return
+    raise TypeError(
+        "Argument `vocabulary` must be a list of strings (the word of each "
+        f"token id) or None. Received: vocabulary of type {type(vocabulary).__name__}"
+    )
 
 
 def _diagnosis_entry(diagnosis):

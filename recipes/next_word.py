@@ -97,9 +97,10 @@ def main(argv=None):
     idioms = keras_seq.data.load_idioms()
     if args.smoke:
         idioms, args.units = idioms[::8], min(args.units, 16)
-    prefixes, targets, max_words = next_word_pairs(idioms)
+    prefixes, targets, _ = next_word_pairs(idioms)  # as strings, for ceilings
     # Ids after the words, most frequent word first (0: padding, 1: unknown).
     x, y, vocabulary = keras_seq.data.next_word_dataset(idioms, padding="post")
+    max_words = x.shape[1]
     print(
         f"{len(idioms)} idioms -> {len(y)} (prefix, next word) pairs, "
         f"{len(vocabulary)} words, prefixes padded to {max_words}"

@@ -333,7 +333,8 @@ def test_complete_refuses_a_model_that_is_not_next_word(tmp_path, capsys):
     assert code == 1
     assert capsys.readouterr().err == (
         f"keras-seq complete: error: {tmp_path / 'vocabulary.json'} is not a "
-        "list of words\n"
+        "next_word vocabulary: Argument `vocabulary` must be a list of "
+        "strings. Received: vocabulary[2]=3 (of type int)\n"
     )
 
 

@@ -196,6 +196,21 @@ def test_latest_run_is_the_last_finished(tmp_path):
     assert runs.latest_run(tmp_path / "b") == tmp_path / "b"
 
 
+def test_save_writes_the_vocabulary_and_checks_it_first(tmp_path):
+    run = runs.start("demo", parse(["--log-dir", str(tmp_path)]))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    words = ["", "[UNK]", "caf\u00e9"]
+    files = run.save(model, vocabulary=words)
+    assert json.loads(files["vocabulary"].read_text(encoding="utf-8")) == words
+    for label, bad, match in (
+        ("a", "abc", "Received: vocabulary of type str"),
+        ("b", ["", b"x"], r"Received: vocabulary\[1\]=b'x' \(of type bytes\)"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            run.save(model, vocabulary=bad, label=label)
+        assert not (tmp_path / label).exists()  # nothing written
+
+
 def test_label_must_be_a_plain_name(tmp_path):
     run = runs.start("demo", parse(["--log-dir", str(tmp_path)]))
     for label in ("", "../up", "a/b", ".hidden", 3):

@@ -70,18 +70,7 @@ class ResetStates(keras.callbacks.Callback):
                 "`steps_per_execution=1` in `compile`. Received: "
                 f"steps_per_execution={self.model.steps_per_execution}"
             )
-        untracked = _untracked_states(self.model, self._layers)
-        if untracked:
-            raise ValueError(
-                "On the JAX backend, `fit` carries only the states that are "
-                "among the model's variables, and Keras 3.15's RNN layers "
-                "create theirs untracked, so these layers would start every "
-                f"batch from the same states: {untracked}. Use "
-                "keras_seq.layers.SharedRNN (a drop-in for SimpleRNN, which "
-                "lists its states) or the TensorFlow backend for truncated "
-                "BPTT with Keras's GRU/LSTM. Received: KERAS_BACKEND="
-                f"{keras.backend.backend()!r}"
-            )
+        self._check_carried()
         steps = (self.params or {}).get("steps")
         if steps is not None and steps != len(self.data):
             raise ValueError(
@@ -91,6 +80,21 @@ class ResetStates(keras.callbacks.Callback):
             )
         self._boundaries = frozenset()
         self._reset()
+
+    def _check_carried(self):
+        untracked = _untracked_states(self.model, self._layers)
+        if untracked:
+            raise ValueError(
+                "On the JAX backend, `fit` and `evaluate` carry only the "
+                "states that are among the model's variables, and Keras "
+                "3.15's RNN layers create theirs untracked, so these layers "
+                "would start every "
+                f"batch from the same states: {untracked}. Use "
+                "keras_seq.layers.SharedRNN (a drop-in for SimpleRNN, which "
+                "lists its states) or the TensorFlow backend for truncated "
+                "BPTT with Keras's GRU/LSTM. Received: KERAS_BACKEND="
+                f"{keras.backend.backend()!r}"
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         # Before the epoch's iterator starts: the data's generator then
@@ -105,8 +109,9 @@ class ResetStates(keras.callbacks.Callback):
     def on_test_begin(self, logs=None):
         # Validation starts from zero states; training resumes from zero
         # too, since every epoch begins with a group.
-        if not self._layers:
+        if not self._layers:  # evaluate() alone: no on_train_begin
             self._layers = stateful_layers(self.model)
+        self._check_carried()
         self._validation_boundaries = frozenset()
         if self.validation_data is not None:
             self.validation_data.set_epoch(0)

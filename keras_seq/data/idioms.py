@@ -563,6 +563,7 @@ def _check_vocabulary(vocabulary):
             "word, as returned by `keras_seq.data.next_word_dataset`. "
             f"Received: vocabulary={_short_repr(vocabulary)}"
         )
+    seen = {}
     for i, word in enumerate(vocabulary):
         if not isinstance(word, str):
             raise TypeError(
@@ -570,6 +571,13 @@ def _check_vocabulary(vocabulary):
                 f"Received: vocabulary[{i}]={word!r} "
                 f"(of type {type(word).__name__})"
             )
+        if word in seen:
+            raise ValueError(
+                "Argument `vocabulary` must list each word once (the padding "
+                'token "" and "[UNK]" only at 0 and 1). Received: '
+                f"vocabulary[{i}]={word!r}, already at {seen[word]}"
+            )
+        seen[word] = i
 
 
 def _short_repr(value, limit=80):

@@ -261,6 +261,20 @@ class SharedRNN(keras.layers.RNN):
 
     def build(self, sequences_shape, initial_state_shape=None):
         super().build(sequences_shape, initial_state_shape)
+        states = self.states
+        if self.stateful and states is not None and len(states) > 1:
+            # Keras names every state `rnn_state`; listed in `variables`,
+            # one path per level keeps `Model.get_state_tree()` working.
+            # Set past Keras's attribute tracking, as `RNN` keeps them: not
+            # weights, not saved.
+            with keras.name_scope(self.name, caller=self):
+                named = [
+                    keras.Variable(
+                        v.value, trainable=False, dtype=v.dtype, name=f"rnn_state_{i}"
+                    )
+                    for i, v in enumerate(states)
+                ]
+            object.__setattr__(self, "states", named)
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: self.cell.input_dim})
 
     def call(self, sequences, initial_state=None, mask=None, training=False):

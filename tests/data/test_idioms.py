@@ -195,6 +195,7 @@ def test_next_word_dataset_rejects_bad_arguments(kwargs, error, match):
         ({"vocabulary": "abc"}, TypeError, "`vocabulary` must be a list"),
         ({"vocabulary": ["a", "b", "c"]}, ValueError, 'padding token ""'),
         ({"vocabulary": ["", "[UNK]", 7]}, TypeError, r"vocabulary\[2\]=7"),
+        ({"vocabulary": ["", "[UNK]", "a", "[UNK]"]}, ValueError, "already at 1"),
         ({"prompt": ["break"]}, TypeError, "`prompt` must be a string"),
         ({"prompt": " ,! "}, ValueError, "`prompt` must contain at least one word"),
         ({"num_words": 0}, ValueError, "`num_words` must be an integer >= 1"),

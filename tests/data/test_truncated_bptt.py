@@ -380,7 +380,8 @@ def test_on_jax_the_dataset_is_a_single_threaded_py_dataset_of_the_epoch():
 
 
 def _stateful_stack(kind, batch=BATCH):
-    """A stateful model of `kind` and the layer whose states run forward."""
+    """A stateful model of `kind` and its recurrent layer (both directions
+    of a Bidirectional)."""
     inputs = keras.Input((None, FEATURES), batch_size=batch)
     if kind == "shared":
         rnn = keras_seq.layers.SharedRNN(
@@ -392,7 +393,7 @@ def _stateful_stack(kind, batch=BATCH):
             keras_seq.layers.SharedRNN(UNITS, return_sequences=True, stateful=True),
             name="rnn",
         )
-        outputs, forward = rnn(inputs), rnn.forward_layer
+        outputs, forward = rnn(inputs), (rnn.forward_layer, rnn.backward_layer)
     else:
         rnn = keras.layers.LSTM(UNITS, return_sequences=True, stateful=True)
         outputs, forward = rnn(inputs), rnn
@@ -404,32 +405,40 @@ def _stateful_stack(kind, batch=BATCH):
 @pytest.mark.parametrize("kind", ["shared", "bidirectional", "lstm"])
 def test_fit_carries_states_to_the_end_of_the_last_group(kind):
     # With a zero learning rate, the states a stateful layer holds after
-    # fit are the last group's end states, as one call on its whole
-    # sequences gives them; a state not carried from chunk to chunk (or a
-    # reset in the middle of a group) would give the last chunk's alone.
+    # fit are the last group's end states: one call on its whole sequences
+    # for a forward layer; for a backward one (it reads each chunk
+    # backwards from the state the previous chunk left), its chunks in turn,
+    # each from the states the previous one returned. A state not carried
+    # from chunk to chunk (or a reset inside a group) gives other values.
     x, y = _data(sequences=4, steps=10)
     data = keras_seq.data.TruncatedBPTT(x, y, 3, BATCH, shuffle=False)
-    model, forward = _stateful_stack(kind)
+    model, layers = _stateful_stack(kind)
     callbacks = [keras_seq.callbacks.ResetStates(data)]
     if kind == "lstm" and BACKEND == "jax":
         with pytest.raises(ValueError, match=r"lstm.*\(LSTM\).*SharedRNN"):
             model.fit(data.dataset, shuffle=False, verbose=0, callbacks=callbacks)
+        with pytest.raises(ValueError, match=r"lstm.*\(LSTM\).*SharedRNN"):
+            model.evaluate(data.dataset, verbose=0, callbacks=callbacks)
         return
     model.fit(data.dataset, shuffle=False, verbose=0, callbacks=callbacks)
     # The last group's chunks, padded end included (the layer steps over it).
     group = data.chunks(0)[-1][0]
-    last = np.concatenate(
-        [data.batch(g, c)[0] for g, c in data.chunks(0) if g == group], axis=1
-    )
-    config = {**forward.get_config(), "stateful": False, "return_state": True}
-    fresh = type(forward).from_config(config)
-    fresh.build((None, None, FEATURES))
-    fresh.set_weights(forward.get_weights())
-    _, *expected = fresh(last)
-    carried = forward.states
-    assert len(carried) == len(expected)
-    for actual, wanted in zip(carried, expected):
-        assert_close(keras.ops.convert_to_numpy(actual), wanted, tol=1e-5)
+    chunks = [data.batch(g, c)[0] for g, c in data.chunks(0) if g == group]
+    for layer in layers if isinstance(layers, tuple) else (layers,):
+        config = {**layer.get_config(), "stateful": False, "return_state": True}
+        fresh = type(layer).from_config(config)
+        fresh.build((None, None, FEATURES))
+        fresh.set_weights(layer.get_weights())
+        if layer.go_backwards:
+            expected = None
+            for chunk in chunks:
+                _, *expected = fresh(chunk, initial_state=expected)
+        else:
+            _, *expected = fresh(np.concatenate(chunks, axis=1))
+        carried = layer.states
+        assert len(carried) == len(expected)
+        for actual, wanted in zip(carried, expected):
+            assert_close(keras.ops.convert_to_numpy(actual), wanted, tol=1e-5)
 
 
 def test_keras_rnn_states_are_outside_the_model_variables_upstream():
@@ -449,3 +458,9 @@ def test_keras_rnn_states_are_outside_the_model_variables_upstream():
     assert all(id(v) in held for v in shared.states)
     # ... as variables, not weights: saved files and get_weights unchanged.
     assert len(model.get_weights()) == len(shared.cell.weights) == 3
+    # One path per level's state, so the state tree keeps them apart.
+    deep = keras_seq.layers.SharedRNN(UNITS, depth=3, stateful=True, name="deep")
+    model = keras.Model(inputs, deep(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    tree = model.get_state_tree()["non_trainable_variables"]["deep"]
+    assert {"rnn_state_0", "rnn_state_1", "rnn_state_2"} <= set(tree)
