@@ -314,14 +314,17 @@ class Run:
             label: Optional name (letters, digits, `_`, `-`, `.`) for a run
                 that trains several models; each label gets a subdirectory.
             vocabulary: Optional list of strings, the word of each token id
-                the model reads (`keras-seq complete` reads a model of ids
-                with it; on TensorFlow a model can read text itself).
+                the model reads, as `keras_seq.data.next_word_dataset`
+                returns it (`""`, `"[UNK]"`, then the words): `keras-seq
+                complete` reads a model of ids with it.
 
         Returns:
             `{"model": path, "gradients": path, ...}` of the files written.
         """
         if vocabulary is not None:
-            _check_words(vocabulary)
+            from keras_seq.data import idioms  # imports Keras: only here
+
+            idioms._check_vocabulary(vocabulary)
         directory = self.log_dir(label)
         files = {"model": directory / _MODEL_FILE}
         # Each file whole or not at all (keras_seq._atomic): a run killed
@@ -832,23 +835,6 @@ def _check_label(label):
             "Argument `label` must be a non-empty string of letters, digits, "
             f"'_', '-' or '.' (not starting with '.'). Received: label={label!r}"
         )
-
-
-def _check_words(vocabulary):
-    """`Run.save`'s `vocabulary`: a list or tuple of strings."""
-    if isinstance(vocabulary, (list, tuple)):
-        for i, word in enumerate(vocabulary):
-            if not isinstance(word, str):
-                raise TypeError(
-                    "Argument `vocabulary` must be a list of strings (the word "
-                    f"of each token id) or None. Received: vocabulary[{i}]="
-                    f"{word!r} (of type {type(word).__name__})"
-                )
-        return
-    raise TypeError(
-        "Argument `vocabulary` must be a list of strings (the word of each "
-        f"token id) or None. Received: vocabulary of type {type(vocabulary).__name__}"
-    )
 
 
 def _diagnosis_entry(diagnosis):

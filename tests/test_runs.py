@@ -203,8 +203,8 @@ def test_save_writes_the_vocabulary_and_checks_it_first(tmp_path):
     files = run.save(model, vocabulary=words)
     assert json.loads(files["vocabulary"].read_text(encoding="utf-8")) == words
     for label, bad, match in (
-        ("a", "abc", "Received: vocabulary of type str"),
-        ("b", ["", b"x"], r"Received: vocabulary\[1\]=b'x' \(of type bytes\)"),
+        ("a", "abc", "`vocabulary` must be a list of strings"),
+        ("b", ["", "[UNK]", b"x"], r"vocabulary\[2\]=b'x' \(of type bytes\)"),
     ):
         with pytest.raises(TypeError, match=match):
             run.save(model, vocabulary=bad, label=label)
