@@ -5,6 +5,7 @@ import itertools
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 import keras_seq
@@ -289,6 +290,47 @@ def test_the_position_baseline_is_always_a_candidate():
     baseline = at_target[at_target.position_baseline].loss.iloc[0]
     assert plan.loss <= baseline
     assert "beam of 1" in plan.explanation
+
+
+@pytest.mark.parametrize(
+    "losses, gap, changing, chosen",
+    [
+        # (1, 3) keeps every width and is within the gap of the best and
+        # no worse than the baseline (1, 2): preferred to the lower (0, 1).
+        ({(1, 3): 1.03}, 0.05, {0}, (1, 3)),
+        # Worse than the baseline: excluded; the baseline keeps widths.
+        ({(1, 3): 1.045}, 0.05, {0}, (1, 2)),
+        # ... also when the baseline changes widths too: the best measured.
+        ({(1, 3): 1.045}, 0.05, {0, 2}, (0, 1)),
+        # Every width-keeping set beyond the gap: the best measured.
+        ({(1, 3): 1.03}, 0.01, {0}, (0, 1)),
+        # A width-keeping set that measures best is taken as it is.
+        ({(1, 3): 0.99}, 0.05, {0}, (1, 3)),
+    ],
+)
+def test_width_keeping_sets_are_preferred_within_the_tolerance(
+    losses, gap, changing, chosen
+):
+    # The rule alone, on planted losses: removing a level of `changing`
+    # changes the width the level above reads (its kernel is replaced).
+    from keras_seq.depth import suggest as module
+
+    measured = {(0, 1): 1.00, (0, 2): 1.01, (0, 3): 1.02, (1, 2): 1.04}
+    measured.update({(2, 3): 1.5, (1, 3): 1.5, **losses})
+    single = {(0,): 0.9, (1,): 0.95, (2,): 0.97, (3,): 1.4}
+    frame = pd.DataFrame({"ablation_loss": [single[(i,)] for i in range(4)]})
+    asked = []
+
+    def measure(candidates):
+        asked.extend(candidates)
+        return [{**measured, **single}[tuple(sorted(c))] for c in candidates]
+
+    drop, loss, _, note = module._combinations(
+        4, 2, 2.0, measure, frame, 70, 8, gap, lambda d: bool(changing & set(d))
+    )
+    assert tuple(drop) == chosen and loss == measured[chosen]
+    assert (1, 2) in asked  # the position baseline, measured
+    assert f"against {measured[(1, 2)]:.4g} for the baseline" in note
 
 
 def test_harmful_plans_say_so_and_fallback_layouts_are_measured():
