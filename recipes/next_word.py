@@ -8,9 +8,9 @@ and top-5 accuracy on all pairs against the corpus ceiling (some prefixes
 start several idioms: "a", "the", "bite the", so no model gets them all),
 prints completions with their probabilities, and saves the model with its
 vocabulary (`vocabulary.json`) for `keras-seq complete "once in a blue"`. On
-TensorFlow the saved model also reads raw text (a `TextVectorization` with
-the same vocabulary in front); elsewhere it reads token ids, since
-`TextVectorization` needs TensorFlow.
+TensorFlow the saved model reads raw text (a `TextVectorization` of that
+vocabulary in front of the network of ids, so it loads only where
+TensorFlow is installed); elsewhere it reads token ids.
 
 Runtime: ~35 s on 2 CPU cores (--smoke: ~5 s).
 
