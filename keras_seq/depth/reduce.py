@@ -62,6 +62,9 @@ class DepthReduction:
         healed: `[(phase, epochs, last training loss)]` when `heal_epochs`
             was given (phase `"cut"`: only the layers next to the cuts
             trained; `"all"`: every layer), else `[]`.
+        heal_validation: When healing was guarded: `{"losses": {"before":
+            loss, "epoch 1": loss, ...}, "kept": "before" or "epoch N"}`,
+            the validation losses and the weights kept; else `{}`.
         note: Plain text for special cases (a plan removing nothing), or "".
     """
 
@@ -74,6 +77,7 @@ class DepthReduction:
     parameters_after: int
     bridged: list = dataclasses.field(default_factory=list)
     healed: list = dataclasses.field(default_factory=list)
+    heal_validation: dict = dataclasses.field(default_factory=dict)
     note: str = ""
 
     def __str__(self):
@@ -96,6 +100,11 @@ class DepthReduction:
             lines.append("bridged:  " + (", ".join(self.bridged) or "none"))
         for phase, epochs, loss in self.healed:
             lines.append(f"healed:   {phase}, {epochs} epoch(s), loss {loss:.4g}")
+        if self.heal_validation:
+            losses, kept = self.heal_validation["losses"], self.heal_validation["kept"]
+            found = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+            what = "before healing" if kept == "before" else f"after {kept}"
+            lines.append(f"kept:     the weights {what} (validation loss: {found})")
         if self.note:
             lines.append(f"note:     {self.note}")
         return "\n".join(lines)
@@ -129,6 +138,8 @@ def reduce_depth(
     y=None,
     heal_epochs=0,
     heal="all",
+    heal_validation_split=0.1,
+    heal_validation_data=None,
 ):
     """A new model with fewer recurrent levels; `model` is left unchanged.
 
@@ -179,6 +190,19 @@ def reduce_depth(
     benchmarks/depth_reduction.py. Layer `trainable` flags are
     restored afterwards; `result.healed` records the phases.
 
+    Healing never hands back a model worse on held-out data than it was
+    before healing: the last `heal_validation_split` of the rows of `(x, y)`
+    (default 0.1, the last rows, as Keras's `validation_split` takes them)
+    or `heal_validation_data` are held out, and the weights kept are those
+    with the lowest validation loss among "before healing" and every epoch's
+    end (as `keras.callbacks.EarlyStopping(restore_best_weights=True)` does,
+    with the starting point as a candidate too). A fresh optimizer's first
+    steps can push a model that the bridge left close to its old outputs
+    away from them (in benchmarks/depth_reduction.py two epochs of healing
+    made 3 of 12 reduced models worse). `result.heal_validation` records
+    each candidate's validation loss and which was kept;
+    `heal_validation_split=0` without data heals on every row, unguarded.
+
     The new model is compiled with `model`'s compile config (loss, metrics,
     `jit_compile`, `steps_per_execution`, a fresh optimizer of the same class
     and config); an uncompiled `model` gives an uncompiled new model.
@@ -206,6 +230,11 @@ def reduce_depth(
         y: Optional targets for `x`, needed by `heal_epochs`.
         heal_epochs: Integer >= 0 (default 0), epochs of healing.
         heal: `"all"` (default) or `"cut"`, see above.
+        heal_validation_split: Float in [0, 1) (default 0.1): the fraction
+            of `(x, y)`, its last rows, held out to choose the healed
+            weights; ignored when `heal_validation_data` is given.
+        heal_validation_data: Optional `(x_val, y_val)` to choose the
+            healed weights on instead.
 
     Returns:
         A `keras_seq.depth.reduce.DepthReduction`: the new model is
@@ -259,6 +288,17 @@ def reduce_depth(
             f"heal_epochs={heal_epochs!r}"
         )
     validation.check_choice("heal", heal, HEAL_MODES)
+    validation.check_rate("heal_validation_split", heal_validation_split)
+    if heal_validation_data is not None:
+        if not isinstance(heal_validation_data, (tuple, list)) or (
+            len(heal_validation_data) != 2
+        ):
+            raise TypeError(
+                "Argument `heal_validation_data` must be a tuple `(x_val, "
+                "y_val)` or None. Received: heal_validation_data of type "
+                f"{type(heal_validation_data).__name__}"
+            )
+        check_rows(*heal_validation_data)
     levels = recurrent_levels(model)
     removed = _select(model, levels, depth, drop)
     if x is not None:
@@ -276,6 +316,9 @@ def reduce_depth(
             f"Received: heal_epochs={heal_epochs}, y={'None' if y is None else 'given'}"
             f", compiled={model.compiled}"
         )
+    heal_data = None
+    if heal_epochs:
+        heal_data = _heal_split(x, y, heal_validation_split, heal_validation_data)
     if not removed:
         return DepthReduction(
             model=model,
@@ -345,7 +388,9 @@ def reduce_depth(
         bridged=bridged,
     )
     if heal_epochs:
-        result.healed = _heal(result, targets, x, y, heal_epochs, heal, batch_size)
+        result.healed, result.heal_validation = _heal(
+            result, targets, heal_data, heal_epochs, heal, batch_size
+        )
     return result
 
 
@@ -365,9 +410,53 @@ def check_rows(x, y):
         )
 
 
-def _heal(result, targets, x, y, epochs, heal, batch_size):
+def _heal_split(x, y, split, data):
+    """`(x_fit, y_fit, validation or None)`: `data`, or the last `split` of
+    the rows held out (Keras's `validation_split` takes the last rows)."""
+    if data is not None:
+        return x, y, tuple(data)
+    if not split:
+        return x, y, None
+    rows = np.shape(keras.tree.flatten(x)[0])[0]
+    at = int(rows * (1.0 - split))
+    if at < 1 or at >= rows:
+        raise ValueError(
+            "Argument `heal_validation_split` must leave rows on both sides: "
+            f"{rows} rows of `x` give {rows - at} held out and {at} to train. "
+            "Received: "
+            f"heal_validation_split={split}. Pass more rows, "
+            "heal_validation_data=, or heal_validation_split=0 (unguarded)."
+        )
+
+    def part(data, rows):
+        return keras.tree.map_structure(lambda a: np.asarray(a)[rows], data)
+
+    head, tail = slice(None, at), slice(at, None)
+    return part(x, head), part(y, head), (part(x, tail), part(y, tail))
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Holds the weights with the lowest `val_loss` seen, starting from the
+    model's own before any epoch (`start`), across several `fit` calls."""
+
+    def __init__(self, start, weights):
+        super().__init__()
+        self.record = [("before", start)]
+        self.best = (start, "before", weights)
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = float((logs or {}).get("val_loss", np.nan))
+        label = f"epoch {len(self.record)}"
+        self.record.append((label, loss))
+        if np.isfinite(loss) and not loss >= self.best[0]:
+            self.best = (loss, label, self.model.get_weights())
+
+
+def _heal(result, targets, data, epochs, heal, batch_size):
     """Train the reduced model for `epochs`: with heal="cut", first (half of
-    the epochs, at least one) only the layers next to the cuts, then all."""
+    the epochs, at least one) only the layers next to the cuts, then all.
+    With validation data, keep the best weights (before healing included)."""
+    x, y, validation = data
     model = result.model
     near = {id(t.new_layer) for t in targets}
     new_layers = ordered_layers(model)
@@ -388,6 +477,12 @@ def _heal(result, targets, x, y, epochs, heal, batch_size):
     config = model.get_compile_config()
     record = []
     flags = {id(v): v.trainable for v in model.weights}
+    keep = None
+    if validation is not None:
+        start = model.evaluate(
+            *validation, batch_size=batch_size, verbose=0, return_dict=True
+        )["loss"]
+        keep = _KeepBest(float(start), model.get_weights())
     try:
         for what, count in phases:
             if what == "cut":
@@ -402,14 +497,25 @@ def _heal(result, targets, x, y, epochs, heal, batch_size):
             # made: compile again (a fresh optimizer, as reduce_depth gives).
             model.compile_from_config(config)
             history = model.fit(
-                x, y, epochs=count, batch_size=batch_size, verbose=0, shuffle=True
+                x,
+                y,
+                epochs=count,
+                batch_size=batch_size,
+                verbose=0,
+                shuffle=True,
+                validation_data=validation,
+                callbacks=[keep] if keep is not None else None,
             )
             record.append((what, count, float(history.history["loss"][-1])))
     finally:
         for variable in model.weights:
             variable.trainable = flags[id(variable)]
     model.compile_from_config(config)
-    return record
+    if keep is None:
+        return record, {}
+    loss, label, weights = keep.best
+    model.set_weights(weights)
+    return record, {"losses": dict(keep.record), "kept": label}
 
 
 def _select(model, levels, depth, drop):

@@ -773,8 +773,16 @@ def test_heal_cut_trains_only_the_layers_next_to_the_cut_first():
     x, y = _data(16, 6, 3, seed=1), _data(16, 2, seed=2)
     bridged = reduce_depth(model, drop=["lin_1"], x=x)
     cut = reduce_depth(
-        model, drop=["lin_1"], x=x, y=y, heal_epochs=1, heal="cut", batch_size=8
+        model,
+        drop=["lin_1"],
+        x=x,
+        y=y,
+        heal_epochs=1,
+        heal="cut",
+        batch_size=8,
+        heal_validation_split=0,  # unguarded: the trained weights come back
     )
+    assert cut.heal_validation == {}
     assert [phase for phase, _, _ in cut.healed] == ["cut"]
     moved = {
         layer.name
@@ -787,7 +795,15 @@ def test_heal_cut_trains_only_the_layers_next_to_the_cut_first():
     # lin_2 reads low's output now (bridged); low feeds it: both train.
     assert moved == {"low", "lin_2"}
     assert all(v.trainable for v in cut.model.weights)  # flags restored
-    both = reduce_depth(model, drop=["lin_1"], x=x, y=y, heal_epochs=2, batch_size=8)
+    both = reduce_depth(
+        model,
+        drop=["lin_1"],
+        x=x,
+        y=y,
+        heal_epochs=2,
+        batch_size=8,
+        heal_validation_split=0,
+    )
     assert [phase for phase, _, _ in both.healed] == ["all"]
     assert "healed:   all, 2 epoch(s)" in str(both)
     with pytest.raises(ValueError, match=r"`heal_epochs` needs data.*y=None"):
@@ -795,3 +811,80 @@ def test_heal_cut_trains_only_the_layers_next_to_the_cut_first():
     message = r"same number of samples.*\(16, 6, 3\).*\(15, 2\)"
     with pytest.raises(ValueError, match=message):
         reduce_depth(model, drop=["lin_1"], x=x, y=y[:15])
+
+
+def _kept_weights_match(result, reference):
+    return all(
+        np.array_equal(_numpy(a), _numpy(b))
+        for a, b in zip(result.model.weights, reference.model.weights)
+    )
+
+
+@slow_on_jax
+@pytest.mark.parametrize("learning_rate", [1e-3, 30.0])
+def test_healing_keeps_the_weights_best_on_held_out_rows(learning_rate):
+    """Guarded healing: the kept weights are the lowest validation loss of
+    "before healing" and every epoch; a harmful heal (a huge learning rate)
+    hands back the bridged model bit for bit."""
+    model = _linear_segment_stack()
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
+    x, y = _data(40, 6, 3, seed=1), _data(40, 2, seed=2)
+    bridged = reduce_depth(model, drop=["lin_1"], x=x)
+    keras.utils.set_random_seed(0)
+    result = reduce_depth(model, drop=["lin_1"], x=x, y=y, heal_epochs=3, batch_size=8)
+    record = result.heal_validation
+    assert list(record["losses"]) == ["before", "epoch 1", "epoch 2", "epoch 3"]
+    # The last 10% of the rows (4 of 40) are held out, as Keras takes them.
+    held_x, held_y = x[36:], y[36:]
+    before = bridged.model.evaluate(held_x, held_y, verbose=0)
+    np.testing.assert_allclose(record["losses"]["before"], before, rtol=1e-5)
+    finite = {k: v for k, v in record["losses"].items() if np.isfinite(v)}
+    assert record["kept"] == min(finite, key=finite.get)
+    kept = result.model.evaluate(held_x, held_y, verbose=0)
+    np.testing.assert_allclose(kept, min(finite.values()), rtol=1e-5)
+    assert kept <= before
+    if learning_rate > 1:  # the heal diverges: nothing beats the start
+        assert record["kept"] == "before"
+        assert _kept_weights_match(result, bridged)
+        assert "kept:     the weights before healing" in str(result)
+    else:  # a gentle heal improves the held-out loss
+        assert record["kept"] != "before"
+        assert not _kept_weights_match(result, bridged)
+        assert f"after {record['kept']}" in str(result)
+
+
+@slow_on_jax
+def test_healing_validation_data_and_bad_arguments():
+    model = _linear_segment_stack()
+    model.compile(optimizer=keras.optimizers.SGD(30.0), loss="mse")
+    x, y = _data(20, 6, 3, seed=1), _data(20, 2, seed=2)
+    x_val, y_val = _data(7, 6, 3, seed=3), _data(7, 2, seed=4)
+    bridged = reduce_depth(model, drop=["lin_1"], x=x)
+    result = reduce_depth(
+        model,
+        drop=["lin_1"],
+        x=x,
+        y=y,
+        heal_epochs=1,
+        batch_size=8,
+        heal_validation_data=(x_val, y_val),
+    )
+    expected = bridged.model.evaluate(x_val, y_val, verbose=0)
+    np.testing.assert_allclose(
+        result.heal_validation["losses"]["before"], expected, rtol=1e-5
+    )
+    kwargs = dict(drop=["lin_1"], x=x, y=y, heal_epochs=1)
+    with pytest.raises(
+        ValueError, match=r"heal_validation_split.*Received: heal_validation_split=1.0"
+    ):
+        reduce_depth(model, heal_validation_split=1.0, **kwargs)
+    with pytest.raises(TypeError, match=r"heal_validation_split.*'0.1'"):
+        reduce_depth(model, heal_validation_split="0.1", **kwargs)
+    with pytest.raises(
+        ValueError, match=r"20 rows of `x` give 20 held out and 0 to train"
+    ):
+        reduce_depth(model, heal_validation_split=0.99, **kwargs)
+    with pytest.raises(TypeError, match=r"heal_validation_data.*tuple"):
+        reduce_depth(model, heal_validation_data=x_val, **kwargs)
+    with pytest.raises(ValueError, match=r"\(7, 6, 3\).*\(6, 2\)"):
+        reduce_depth(model, heal_validation_data=(x_val, y_val[:6]), **kwargs)
