@@ -456,9 +456,7 @@ TASKS = (
         lambda cfg: _rnn_stack(
             keras.Input((12, 2)),
             [
-                keras.layers.Bidirectional(
-                    keras.layers.LSTM(8, return_sequences=i < 3)
-                )
+                keras.layers.Bidirectional(keras.layers.LSTM(8, return_sequences=i < 3))
                 for i in range(4)
             ],
             [keras.layers.Dense(1)],
@@ -521,7 +519,9 @@ def task_parts(cfg, task, seed):
     auto = suggest_depth(model, x, y, depth=depth)
     suggest_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    auto_model = reduce_depth(model, drop=auto, x=x).model
+    # The plan's own bridges (fitted on the calibration rows suggest_depth
+    # measured on): no forward pass.
+    auto_model = reduce_depth(model, drop=auto).model
     reduce_seconds = time.perf_counter() - start
     similarity = suggest_depth(model, x, y, depth=depth, method="similarity")
     # The truth, on the validation set: every level alone (bridged), and
@@ -1141,8 +1141,12 @@ def main(argv=None):
             for index in cfg.tasks:
                 task = TASKS[index]
                 row = run_part(
-                    errors, f"part 2, {task.name}, seed {seed}", task_parts, cfg,
-                    task, seed,
+                    errors,
+                    f"part 2, {task.name}, seed {seed}",
+                    task_parts,
+                    cfg,
+                    task,
+                    seed,
                 )
                 if row is not None:
                     results["tasks"].append(row)

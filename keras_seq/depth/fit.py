@@ -192,9 +192,10 @@ def fit_reducing_depth(
             # One forward pass per candidate over the whole sample.
             batch_size=diagnosis_samples,
         )
-        model = reduce_depth(
-            model, drop=plan, x=None if sample[0] is None else sample[0]
-        ).model
+        # With data the plan carries its bridges (fitted on the sample, as
+        # measured): no forward pass to refit them.
+        x_bridge = None if plan.bridges else sample[0]
+        model = reduce_depth(model, drop=plan, x=x_bridge).model
         stages.append(stage)
         levels = len(recurrent_levels(model))
         stage = _stage(len(stages), model, levels, epoch + 1, plan.drop, method)

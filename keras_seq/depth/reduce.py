@@ -8,6 +8,7 @@ weight bit for bit, and replaces only the weights whose shape no longer fits.
 
 import contextlib
 import dataclasses
+import hashlib
 import numbers
 import random
 
@@ -62,6 +63,11 @@ class DepthReduction:
         healed: `[(phase, epochs, last training loss)]` when `heal_epochs`
             was given (phase `"cut"`: only the layers next to the cuts
             trained; `"all"`: every layer), else `[]`.
+        bridge_fits: `{target: [(M, c) per direction]}`, the bridge of each
+            refitted level (its name in `model`) or Dense layer: `M`, `c`
+            NumPy float64 arrays (`c` None without a bias).
+        bridged_on: `"x"` (fitted on `x`), `"plan"` (the bridges a
+            `suggest_depth` plan carries) or `""` (no bridge).
         heal_validation: When healing was guarded: `{"losses": {"before":
             loss, "epoch 1": loss, ...}, "kept": "before" or "epoch N"}`,
             the validation losses and the weights kept; else `{}`.
@@ -79,6 +85,8 @@ class DepthReduction:
     healed: list = dataclasses.field(default_factory=list)
     heal_validation: dict = dataclasses.field(default_factory=dict)
     note: str = ""
+    bridge_fits: dict = dataclasses.field(default_factory=dict)
+    bridged_on: str = ""
 
     def __str__(self):
         rows = [
@@ -97,7 +105,15 @@ class DepthReduction:
         for path, how in self.replaced:
             lines.append(f"replaced: {path} ({how})")
         if self.removed:
-            lines.append("bridged:  " + (", ".join(self.bridged) or "none"))
+            where = {
+                "x": " (fitted on x)",
+                "plan": " (the plan's, fitted by suggest_depth)",
+            }
+            lines.append(
+                "bridged:  "
+                + (", ".join(self.bridged) or "none")
+                + (where.get(self.bridged_on, "") if self.bridged else "")
+            )
         for phase, epochs, loss in self.healed:
             lines.append(f"healed:   {phase}, {epochs} epoch(s), loss {loss:.4g}")
         if self.heal_validation:
@@ -162,7 +178,8 @@ def reduce_depth(
     `merge_mode` carry over; stateful layers start from zero states.
 
     Every kept weight is copied bit for bit, except those the bridge refits.
-    **The bridge** (default on when `x` is given): where levels i..j go, the
+    **The bridge** (default on when `x` is given, or `drop` is a
+    `suggest_depth` plan made with data): where levels i..j go, the
     kept layer reading their output (the level above, or a `Dense` head when
     the top level goes) now reads the output of level i-1. Its input kernel
     and bias are refitted so that its input projection stays what it was:
@@ -177,6 +194,14 @@ def reduce_depth(
     differs; a layer between, such as a `TimeDistributed(Dense)`) is
     replaced: fitted by the bridge when it is one, otherwise it keeps the
     value its initializer gave it.
+
+    A `suggest_depth` plan made with data carries the bridges of its
+    measured model (fitted on the even rows of its calibration data,
+    `plan.bridges`): without `x`, `reduce_depth(model, drop=plan)` applies
+    them with no forward pass, so the new model is exactly the one whose
+    held-out loss the plan measured (`result.bridged_on == "plan"`). They
+    are refused (`ValueError`) if `model`'s weights changed since; `x=`
+    refits them on `x` instead.
 
     A plan that removes nothing (`drop=[]`, or a plan with an empty `drop`)
     returns `model` itself, unchanged, with a record saying so.
@@ -219,14 +244,16 @@ def reduce_depth(
         strict: Boolean (default False). If True, raise instead of replacing
             a weight whose shape no longer fits.
         x: Optional input data, as for `model.predict` (an array, or a list
-            or dict of arrays). When given, the bridge is fitted on it.
+            or dict of arrays). When given, the bridge is fitted on it
+            (even when `drop` is a plan carrying its own bridges).
         batch_size: Positive integer (default 64), batch size for running
             `x`; a model with a fixed batch size uses its own.
         seed: Optional integer; makes the re-initialised weights
             reproducible.
         bridge: Boolean or None (default): refit the layers above every cut
-            (see above). None means True when `x` is given. False fits only
-            replaced input kernels (as the bottom level's), on `x`.
+            (see above). None means True when `x` is given or the plan
+            carries bridges. False fits only replaced input kernels (as the
+            bottom level's), on `x`; without `x` they are re-initialised.
         y: Optional targets for `x`, needed by `heal_epochs`.
         heal_epochs: Integer >= 0 (default 0), epochs of healing.
         heal: `"all"` (default) or `"cut"`, see above.
@@ -248,7 +275,8 @@ def reduce_depth(
             level; both or neither of `depth` and `drop` are given; `depth`
             is out of range; `drop` names unknown or duplicate levels or
             every level; `x` and `y` differ in samples (the message gives
-            their shapes); `bridge=True` without `x`; `heal_epochs` without
+            their shapes); `bridge=True` without `x` or a plan's bridges;
+            a plan's bridges for other weights; `heal_epochs` without
             `y` or a compiled model; `depth` is given for parallel recurrent
             branches; a removed layer returns states or several tensors;
             `strict=True` and a weight must be replaced.
@@ -330,11 +358,14 @@ def reduce_depth(
             parameters_after=model.count_params(),
             note="the plan removes no level: `model` is returned unchanged",
         )
-    bridge = x is not None if bridge is None else bridge
-    if bridge and x is None:
+    plan_fits = None if x is not None else _plan_fits(drop, model, bridge)
+    can_fit = x is not None or plan_fits is not None
+    bridge = can_fit if bridge is None else bridge
+    if bridge and not can_fit:
         raise ValueError(
             "Argument `bridge=True` needs `x=`: the bridge is fitted on the "
-            "model's inputs. Pass x= (a few hundred samples do)."
+            "model's inputs. Pass x= (a few hundred samples do), or a plan "
+            "from `suggest_depth` with data (it carries its fitted bridges)."
         )
 
     plans = _plan(model, levels, removed)
@@ -355,7 +386,7 @@ def reduce_depth(
             )
         ]
     targets = [t for t in targets if not _shared(t.new_layer, t.new_index)]
-    bridged = []
+    bridged, fits = [], {}
     if x is not None and targets:
         # Eager forward passes: per-op overhead dominates, so large chunks
         # (a model with a fixed batch size runs with its own).
@@ -365,9 +396,21 @@ def reduce_depth(
         )
         try:
             for target in targets:
-                bridged += fitter.fit(target)
+                assigned, fits[target.name] = fitter.fit(target)
+                bridged += assigned
         finally:
             fitter.close()
+    elif plan_fits is not None and targets:
+        # The plan's own bridges: the model suggest_depth measured, with no
+        # forward pass here.
+        for target in targets:
+            if target.name not in plan_fits:
+                raise ValueError(
+                    f"The plan carries no bridge for `{target.name}`, which "
+                    "reads a removed level's output. Pass x= to fit it."
+                )
+            fits[target.name] = plan_fits[target.name]
+            bridged += apply_bridge(target, fits[target.name])
     fitted = set(bridged)
     replaced = [
         (p.new.path, LEAST_SQUARES if p.new.path in fitted else REINITIALISED)
@@ -386,12 +429,41 @@ def reduce_depth(
         parameters_before=model.count_params(),
         parameters_after=new_model.count_params(),
         bridged=bridged,
+        bridge_fits=fits,
+        bridged_on="x" if x is not None else ("plan" if fits else ""),
     )
     if heal_epochs:
         result.healed, result.heal_validation = _heal(
             result, targets, heal_data, heal_epochs, heal, batch_size
         )
     return result
+
+
+def weights_fingerprint(model):
+    """A digest of every weight of `model` (values, shapes, dtypes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for value in model.get_weights():
+        value = np.ascontiguousarray(value)
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _plan_fits(drop, model, bridge):
+    """The bridges a `suggest_depth` plan carries (`{target name: [(M, c)]
+    per direction}`), fitted on its calibration rows, or None. They are used
+    only on the weights they were fitted on."""
+    fits = getattr(drop, "bridges", None)
+    if not fits or bridge is False:
+        return None
+    if getattr(drop, "fingerprint", None) != weights_fingerprint(model):
+        raise ValueError(
+            "The plan's bridges were fitted on other weights than `model`'s "
+            "(the model was trained or changed after `suggest_depth`, or it "
+            "is another model). Pass x= to fit the bridges on data, "
+            "bridge=False, or suggest again."
+        )
+    return fits
 
 
 def check_rows(x, y):
@@ -1016,7 +1088,8 @@ class _Bridge:
         return [sequences[(id(rnn), index - 1)] for rnn in directions(layer)], mask
 
     def fit(self, target):
-        """Refit one target; returns the paths of the weights it assigned."""
+        """Refit one target: `(assigned weight paths, [(M, c)] per
+        direction)`."""
         # The new model's input, with every weight below already final
         # (targets come bottom to top): not cached.
         new_x, new_mask = self._inputs(
@@ -1026,26 +1099,44 @@ class _Bridge:
             self.model, target.old_layer, target.old_index, self.old_inputs
         )
         mask = old_mask if new_mask is None else new_mask
-        assigned = []
-        old_weights = _input_weights(target.old_layer, target.old_index)
         new_weights = _input_weights(target.new_layer, target.new_index)
-        for a, b, (kernel, bias), (new_kernel, new_bias) in zip(
-            new_x, old_x, old_weights, new_weights
-        ):
-            m, c = bridge_coefficients(a, b, mask, intercept=new_bias is not None)
-            k = keras.ops.convert_to_numpy(kernel).astype(np.float64)
-            dtype = keras.backend.standardize_dtype(new_kernel.dtype)
-            new_kernel.assign((m @ k).astype(dtype))
-            assigned.append(new_kernel.path)
-            if new_bias is not None:
-                value = keras.ops.convert_to_numpy(bias).astype(np.float64)
-                if value.ndim == 2:  # GRU reset_after: row 0 is the input bias
-                    value[0] += c @ k
-                else:
-                    value = value + c @ k
-                new_bias.assign(value.astype(dtype))
-                assigned.append(new_bias.path)
-        return assigned
+        fits = [
+            bridge_coefficients(a, b, mask, intercept=new_bias is not None)
+            for a, b, (_, new_bias) in zip(new_x, old_x, new_weights)
+        ]
+        return apply_bridge(target, fits), fits
+
+
+def apply_bridge(target, fits):
+    """Give `target`'s new input kernel `M @ K` and bias `c @ K + b` from
+    its old ones, `fits` holding `(M, c)` per direction; returns the paths
+    of the weights assigned."""
+    assigned = []
+    old_weights = _input_weights(target.old_layer, target.old_index)
+    new_weights = _input_weights(target.new_layer, target.new_index)
+    for (m, c), (kernel, bias), (new_kernel, new_bias) in zip(
+        fits, old_weights, new_weights
+    ):
+        k = keras.ops.convert_to_numpy(kernel).astype(np.float64)
+        if m.shape != (tuple(new_kernel.shape)[0], k.shape[0]):
+            raise ValueError(
+                f"The bridge of `{target.name}` maps width {m.shape[0]} to "
+                f"{m.shape[1]}, but its new kernel reads width "
+                f"{new_kernel.shape[0]} and its old one width {k.shape[0]}."
+            )
+        dtype = keras.backend.standardize_dtype(new_kernel.dtype)
+        new_kernel.assign((m @ k).astype(dtype))
+        assigned.append(new_kernel.path)
+        if new_bias is not None:
+            value = keras.ops.convert_to_numpy(bias).astype(np.float64)
+            shift = 0.0 if c is None else c @ k
+            if value.ndim == 2:  # GRU reset_after: row 0 is the input bias
+                value[0] += shift
+            else:
+                value = value + shift
+            new_bias.assign(value.astype(dtype))
+            assigned.append(new_bias.path)
+    return assigned
 
 
 def _states(model):

@@ -32,6 +32,7 @@ from keras_seq.depth.reduce import (
     RIDGE,
     _producers,
     _without_build_config,
+    bridge_coefficients,
 )
 from keras_seq.layers.shared_rnn import SharedRNN
 from keras_seq.models.levels import (
@@ -131,7 +132,7 @@ class CandidateLosses:
         # Keras builds the compiled loss (and its metrics' variables) on its
         # first call: an eager one, not inside the traced function.
         self._build_compiled_loss(model, x, y)
-        loss, outputs, head_input = self._function(keep, *placeholders)
+        loss, outputs, head_input, _ = self._function(keep, *placeholders)
         self.inputs_old = [self.stack_input] + list(outputs[:-1])
         self.final_old = head_input
         self.full_loss = float(loss)
@@ -260,9 +261,45 @@ class CandidateLosses:
             if not keep.any():
                 found.append(float("inf"))
                 continue
-            loss, _, _ = self._function(keep, *self.inputs_old, self.final_old)
+            loss, _, _, _ = self._function(keep, *self.inputs_old, self.final_old)
             found.append(float(loss))
         return found
+
+    def bridges(self, drop):
+        """The bridges of the candidate without the levels `drop`, as
+        `reduce_depth` applies them: `{level or Dense name: [(M, c)] per
+        direction}`, each fitted on the fit rows (`bridge_coefficients`,
+        the same least squares the traced function solves) from the
+        candidate's own outputs (one more call)."""
+        keep = np.ones(self.n, bool)
+        keep[list(drop)] = False
+        _, outputs, _, finals = self._function(keep, *self.inputs_old, self.final_old)
+        numpy = keras.ops.convert_to_numpy
+        rows = len(self.row_weights)
+        steps = self.step_weights.reshape(rows, -1) > 0
+        kept = np.flatnonzero(keep)
+        fits = {}
+        for k in kept:
+            below = max((j for j in kept if j < k), default=-1)
+            if below == k - 1:
+                continue
+            source = self.stack_input if below < 0 else outputs[below]
+            fit = bridge_coefficients(
+                numpy(source),
+                numpy(self.inputs_old[k]),
+                steps,
+                intercept=self.input_bias[k],
+            )
+            fits[self.levels[k].name] = [fit] * len(directions(self.levels[k].layer))
+        top = kept[-1]
+        if top != self.n - 1 and self.head_bridge is not None:
+            source = numpy(finals[top])
+            where = steps if source.ndim == 3 else self.row_weights > 0
+            fit = bridge_coefficients(
+                source, numpy(self.final_old), where, intercept=self.head_bias
+            )
+            fits[self.head_bridge.name] = [fit]
+        return fits
 
     @staticmethod
     def _build_compiled_loss(model, x, y):
@@ -274,7 +311,8 @@ class CandidateLosses:
 
     def _loss(self, keep, *args):
         """(loss on the held-out rows, every level's output sequence, the
-        head's input) without the levels where `keep` is False."""
+        head's input, every level's output as the head would read it)
+        without the levels where `keep` is False."""
         # A flat graph, no conditionals: every level runs on every call
         # (dropped ones on a discarded input). Branches made the trace and
         # the first run (graph optimisation of nested functions) cost ~10 s
@@ -332,7 +370,7 @@ class CandidateLosses:
             lambda t: ops.take(t, self.loss_rows, axis=0), self.head(head_input)
         )
         loss = self.model.compute_loss(y=self.y, y_pred=y_pred, training=False)
-        return loss, outputs, head_input
+        return loss, outputs, head_input, finals
 
     @staticmethod
     def _bridge(source, target, weights, intercept):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from keras_seq import _validation as validation
 from keras_seq.callbacks import GradientMonitor
-from keras_seq.depth.reduce import _run, check_rows, reduce_depth
+from keras_seq.depth.reduce import _run, check_rows, reduce_depth, weights_fingerprint
 from keras_seq.depth.search import CandidateLosses, Unsupported, angular_distance
 from keras_seq.layers.shared_rnn import SharedRNN
 from keras_seq.models import Model, Sequential
@@ -46,6 +46,13 @@ class DepthPlan:
             bridged), `position_baseline` (the set is the `last` baseline).
         traces: how many times the candidate function was traced (None when
             candidates were measured by rebuilding).
+        bridges: with data, the plan's bridges as `reduce_depth` applies
+            them (`{level or Dense name: [(M, c)] per direction}`), fitted
+            on the even rows of `(x, y)`: `reduce_depth(model, drop=plan)`
+            without `x` uses them, so the reduced model is the one whose
+            loss was measured, with no forward pass. None without data.
+        fingerprint: a digest of `model`'s weights the bridges belong to
+            (`reduce_depth` refuses them for other weights).
     """
 
     drop: list
@@ -57,6 +64,8 @@ class DepthPlan:
     full_loss: object = None
     candidates: object = None
     traces: object = None
+    bridges: object = dataclasses.field(default=None, repr=False)
+    fingerprint: object = dataclasses.field(default=None, repr=False)
 
     def __str__(self):
         return self.explanation
@@ -256,7 +265,7 @@ def suggest_depth(
     search = _Search(n)
     if has_data:
         check_rows(x, y)
-        measure, full_loss, similarity, how = _measurer(
+        measure, full_loss, similarity, how, fit_bridges = _measurer(
             model, levels, x, y, batch_size, search
         )
         notes.append(how)
@@ -326,6 +335,11 @@ def suggest_depth(
                 "(reduce_depth(..., y=..., heal_epochs=...))."
             )
     explanation = _explain(frame, order, drop, method, notes, full_loss, loss)
+    bridges, fingerprint = None, None
+    if has_data and drop:
+        names = frame.level.tolist()
+        bridges = fit_bridges(sorted(names.index(name) for name in drop))
+        fingerprint = weights_fingerprint(model)
     return DepthPlan(
         drop=drop,
         depth=n - len(drop),
@@ -336,6 +350,8 @@ def suggest_depth(
         full_loss=full_loss,
         candidates=search.frame(frame.level.tolist()),
         traces=search.traces,
+        bridges=bridges,
+        fingerprint=fingerprint,
     )
 
 
@@ -427,6 +443,15 @@ def _measurer(model, levels, x, y, batch_size, search):
             search.traces = engine.traces
         return [search.measured[k] for k in keys]
 
+    def fit_bridges(drop):
+        """The bridges of the set `drop` (level positions), on the fit rows."""
+        if engine is not None:
+            return engine.bridges(drop)
+        names = [levels[i].name for i in drop]
+        return reduce_depth(
+            model, drop=names, x=x_fit, batch_size=batch_size
+        ).bridge_fits
+
     if engine is not None:
         full_loss = engine.full_loss
         similarity = engine.similarity
@@ -434,7 +459,7 @@ def _measurer(model, levels, x, y, batch_size, search):
     else:
         full_loss = _evaluate(model, x_loss, y_loss, batch_size)
         similarity = _similarity(model, levels, x, batch_size)
-    return measure, full_loss, similarity, how
+    return measure, full_loss, similarity, how, fit_bridges
 
 
 def _width_changes(level):

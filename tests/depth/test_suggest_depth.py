@@ -396,3 +396,101 @@ def test_traced_losses_equal_rebuilt_models_for_a_masked_bidirectional_stack():
         expected = _held_out_loss(model, row.drop, x, y)
         assert row.loss == pytest.approx(expected, rel=1e-4, abs=1e-7), row.drop
     assert plan.full_loss == pytest.approx(_held_out_loss(model, [], x, y), rel=1e-5)
+
+
+def _engine(model, x, y):
+    from keras_seq.depth import recurrent_levels
+    from keras_seq.depth.search import CandidateLosses
+
+    rows = np.arange(len(x))
+    levels = recurrent_levels(model)
+    return levels, CandidateLosses(model, levels, x, y, rows % 2 == 0, rows % 2 == 1)
+
+
+@slow_on_jax
+@pytest.mark.parametrize("kind", ["stack", "masked_bidirectional"])
+def test_engine_bridges_equal_reduce_depths_fits_for_every_cut(kind):
+    """The bridges the traced engine hands a plan equal those reduce_depth
+    fits by its eager forward passes on the same (even) rows, for every set
+    of levels: bottom, middle, top (the Dense head refitted), several cuts."""
+    if kind == "stack":
+        model = _stack(4)
+        x, y = _teacher(model, 32)
+    else:
+        model, x, y = _masked_bidirectional()
+    levels, engine = _engine(model, x, y)
+    names = [level.name for level in levels]
+    n = len(levels)
+    seen_head = False
+    for count in range(1, n):
+        for drop in itertools.combinations(range(n), count):
+            fits = engine.bridges(drop)
+            expected = reduce_depth(
+                model, drop=[names[i] for i in drop], x=x[::2]
+            ).bridge_fits
+            assert sorted(fits) == sorted(expected), drop
+            seen_head |= "head" in fits
+            for name in expected:
+                for (m, c), (m_ref, c_ref) in zip(fits[name], expected[name]):
+                    np.testing.assert_allclose(m, m_ref, rtol=2e-3, atol=2e-4)
+                    np.testing.assert_allclose(c, c_ref, rtol=2e-3, atol=2e-4)
+    assert seen_head
+
+
+@slow_on_jax
+@pytest.mark.parametrize("kind", ["stack", "masked_bidirectional", "between"])
+def test_reduce_with_the_plan_is_the_measured_model_without_a_forward_pass(
+    kind, monkeypatch
+):
+    if kind == "stack":
+        model = _stack(4)
+        x, y = _teacher(model, 32)
+    elif kind == "masked_bidirectional":
+        model, x, y = _masked_bidirectional()
+    else:  # a layout the engine does not model: the plan comes from rebuilds
+        layers = [keras.Input((T, F)), SharedRNN(U, return_sequences=True, name="a")]
+        layers += [keras.layers.Dense(U, name="between")]
+        layers += [SharedRNN(U, return_sequences=True, name="b"), SharedRNN(U)]
+        model = keras_seq.Sequential(layers + [keras.layers.Dense(1)])
+        model.compile(optimizer="adam", loss="mse")
+        x, y = _teacher(model, 32)
+    plan = suggest_depth(model, x, y, depth=1)
+    assert plan.bridges and (plan.traces is None) == (kind == "between")
+    by_x = reduce_depth(model, drop=plan, x=x[::2])
+    import keras_seq.depth.reduce as reduce_module
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("reduce_depth ran a forward pass")
+
+    monkeypatch.setattr(reduce_module, "_run", no_pass)
+    result = reduce_depth(model, drop=plan)
+    assert result.bridged_on == "plan" and result.bridged == by_x.bridged
+    assert "(the plan's, fitted by suggest_depth)" in str(result)
+    y_pred = result.model(x[1::2], training=False)
+    loss = float(result.model.compute_loss(y=y[1::2], y_pred=y_pred, training=False))
+    assert loss == pytest.approx(plan.loss, rel=1e-5, abs=1e-8)
+    for a, b in zip(result.model.weights, by_x.model.weights):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a),
+            keras.ops.convert_to_numpy(b),
+            rtol=2e-3,
+            atol=2e-4,
+            err_msg=a.path,
+        )
+
+
+def test_the_plans_bridges_refuse_other_weights():
+    model = _stack(3)
+    x, y = _teacher(model, 32)
+    plan = suggest_depth(model, x, y, depth=2)
+    reduce_depth(model, drop=plan)  # the weights it measured: accepted
+    model.layers[-1].kernel.assign(model.layers[-1].kernel * 2.0)
+    with pytest.raises(ValueError, match=r"fitted on other weights.*Pass x="):
+        reduce_depth(model, drop=plan)
+    assert reduce_depth(model, drop=plan, x=x).bridged_on == "x"
+    unbridged = reduce_depth(model, drop=plan, bridge=False)
+    assert unbridged.bridged == [] and unbridged.bridged_on == ""
+    no_data = suggest_depth(model, depth=2, method="last")
+    assert no_data.bridges is None
+    with pytest.raises(ValueError, match=r"`bridge=True` needs `x=`"):
+        reduce_depth(model, drop=no_data, bridge=True)
