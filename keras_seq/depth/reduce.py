@@ -215,10 +215,12 @@ def reduce_depth(
     benchmarks/depth_reduction.py. Layer `trainable` flags are
     restored afterwards; `result.healed` records the phases.
 
-    Healing never hands back a model worse on held-out data than it was
+    Healing never hands back a model worse on its held-out rows than it was
     before healing: the last `heal_validation_split` of the rows of `(x, y)`
-    (default 0.1, the last rows, as Keras's `validation_split` takes them)
-    or `heal_validation_data` are held out, and the weights kept are those
+    (default 0.1, the last rows, as Keras's `validation_split` takes them;
+    whole batches for a model with a fixed batch size) or
+    `heal_validation_data` are held out (and the bridge is then fitted on
+    the other rows only), and the weights kept are those
     with the lowest validation loss among "before healing" and every epoch's
     end (as `keras.callbacks.EarlyStopping(restore_best_weights=True)` does,
     with the starting point as a candidate too). A fresh optimizer's first
@@ -318,13 +320,20 @@ def reduce_depth(
     validation.check_choice("heal", heal, HEAL_MODES)
     validation.check_rate("heal_validation_split", heal_validation_split)
     if heal_validation_data is not None:
-        if not isinstance(heal_validation_data, (tuple, list)) or (
+        if not isinstance(heal_validation_data, tuple) or (
             len(heal_validation_data) != 2
         ):
+            shown = repr(heal_validation_data)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
             raise TypeError(
                 "Argument `heal_validation_data` must be a tuple `(x_val, "
-                "y_val)` or None. Received: heal_validation_data of type "
-                f"{type(heal_validation_data).__name__}"
+                "y_val)` or None. Received: heal_validation_data="
+                f"{shown} (of type {type(heal_validation_data).__name__})"
+            )
+        if not heal_epochs:
+            raise ValueError(
+                "Argument `heal_validation_data` is used only when healing: "
+                f"pass heal_epochs >= 1. Received: heal_epochs={heal_epochs}"
             )
         check_rows(*heal_validation_data)
     levels = recurrent_levels(model)
@@ -344,9 +353,6 @@ def reduce_depth(
             f"Received: heal_epochs={heal_epochs}, y={'None' if y is None else 'given'}"
             f", compiled={model.compiled}"
         )
-    heal_data = None
-    if heal_epochs:
-        heal_data = _heal_split(x, y, heal_validation_split, heal_validation_data)
     if not removed:
         return DepthReduction(
             model=model,
@@ -358,6 +364,16 @@ def reduce_depth(
             parameters_after=model.count_params(),
             note="the plan removes no level: `model` is returned unchanged",
         )
+    heal_data = None
+    if heal_epochs:
+        fixed = model.inputs[0].shape[0]
+        heal_data = _heal_split(
+            x, y, heal_validation_split, heal_validation_data, fixed
+        )
+    # Held-out rows stay out of the bridge's fit too: the guard compares the
+    # bridged model with its healed epochs on rows neither has seen.
+    held_out = heal_data is not None and heal_validation_data is None
+    x_bridge = heal_data[0] if held_out else x
     plan_fits = None if x is not None else _plan_fits(drop, model, bridge)
     can_fit = x is not None or plan_fits is not None
     bridge = can_fit if bridge is None else bridge
@@ -392,7 +408,7 @@ def reduce_depth(
         # (a model with a fixed batch size runs with its own).
         fixed = model.inputs[0].shape[0] is not None
         fitter = _Bridge(
-            model, new_model, x, batch_size if fixed else max(batch_size, 1024)
+            model, new_model, x_bridge, batch_size if fixed else max(batch_size, 1024)
         )
         try:
             for target in targets:
@@ -403,12 +419,14 @@ def reduce_depth(
     elif plan_fits is not None and targets:
         # The plan's own bridges: the model suggest_depth measured, with no
         # forward pass here.
+        names = sorted(t.name for t in targets)
+        if names != sorted(plan_fits):
+            raise ValueError(
+                f"The plan's bridges ({sorted(plan_fits)}) do not match the "
+                f"layers this reduction refits ({names}). Pass x= to fit "
+                "the bridges on data."
+            )
         for target in targets:
-            if target.name not in plan_fits:
-                raise ValueError(
-                    f"The plan carries no bridge for `{target.name}`, which "
-                    "reads a removed level's output. Pass x= to fit it."
-                )
             fits[target.name] = plan_fits[target.name]
             bridged += apply_bridge(target, fits[target.name])
     fitted = set(bridged)
@@ -482,15 +500,24 @@ def check_rows(x, y):
         )
 
 
-def _heal_split(x, y, split, data):
+def _heal_split(x, y, split, data, fixed=None):
     """`(x_fit, y_fit, validation or None)`: `data`, or the last `split` of
-    the rows held out (Keras's `validation_split` takes the last rows)."""
+    the rows held out (Keras's `validation_split` takes the last rows). With
+    a fixed batch size (`fixed`), both parts are whole batches."""
     if data is not None:
+        rows = np.shape(keras.tree.flatten(data[0])[0])[0]
+        if fixed and rows % fixed:
+            raise ValueError(
+                f"Argument `heal_validation_data` must hold whole batches of "
+                f"the model's fixed batch size {fixed}. Received: {rows} rows."
+            )
         return x, y, tuple(data)
     if not split:
         return x, y, None
     rows = np.shape(keras.tree.flatten(x)[0])[0]
     at = int(rows * (1.0 - split))
+    if fixed:
+        at = at // fixed * fixed
     if at < 1 or at >= rows:
         raise ValueError(
             "Argument `heal_validation_split` must leave rows on both sides: "

@@ -109,6 +109,9 @@ class CandidateLosses:
             y,
         )
         self.input_bias = [_has_input_bias(level) for level in levels]
+        # Levels of a `share_depth` SharedRNN: reduce_depth does not refit
+        # one whose weights other kept levels share, so neither does this.
+        self.share_groups = [_share_group(level, levels) for level in levels]
         self.head_bias = self.head_bridge is not None and self.head_bridge.use_bias
 
         # What each level reads in the full model, and the head's input, are
@@ -204,11 +207,18 @@ class CandidateLosses:
             sub = keras.Model(top.output, model.output)
         except Exception as error:  # noqa: BLE001 - any failure: not modelled
             raise Unsupported(f"the head above `{top.name}`: {error}") from None
-        consumers = [
-            op
-            for op in ordered_layers(sub)
-            if any(t is top.output for t in keras.tree.flatten(op.input))
-        ]
+        # The Dense layer reading the top level (through dropout-like
+        # layers), as reduce_depth's bridge finds it.
+        ops_above, current = ordered_layers(sub), top.output
+        while True:
+            consumers = [
+                op
+                for op in ops_above
+                if any(t is current for t in keras.tree.flatten(op.input))
+            ]
+            if len(consumers) != 1 or not isinstance(consumers[0], _PASS_THROUGH):
+                break
+            current = consumers[0].output
         if len(consumers) == 1 and isinstance(consumers[0], keras.layers.Dense):
             self.head_bridge = consumers[0]
         return lambda h: sub(h, training=False)
@@ -281,7 +291,7 @@ class CandidateLosses:
         fits = {}
         for k in kept:
             below = max((j for j in kept if j < k), default=-1)
-            if below == k - 1:
+            if below == k - 1 or shared_after(k, self.share_groups[k], keep):
                 continue
             source = self.stack_input if below < 0 else outputs[below]
             fit = bridge_coefficients(
@@ -336,11 +346,14 @@ class CandidateLosses:
         inputs = []  # what each level reads in this candidate
         for k in range(n):
             chosen = sources[k]  # the level below, unchanged: no bridge
+            shared = shared_after(k, self.share_groups[k], keep)
             for members in _by_width(sources[:k]).values():
                 picked = _pick(sources, members, below[k] + 1)
                 bridged = self._bridge(
                     picked, inputs_old[k], self.step_weights, self.input_bias[k]
                 )
+                if picked.shape[-1] == inputs_old[k].shape[-1]:
+                    bridged = ops.where(shared, picked, bridged)
                 use = _is_member(below[k] + 1, members)
                 chosen = ops.where(use, bridged, chosen)
             inputs.append(chosen)
@@ -468,10 +481,42 @@ def _width(level):
 
 
 def _has_input_bias(level):
+    """Whether the level's input projection has a bias (in every direction:
+    one bridge serves both)."""
+    found = set()
+    for core in directions(level.layer):
+        if isinstance(core, SharedRNN):
+            found.add(core.cell.level_weights(level.index)[2] is not None)
+        else:
+            found.add(getattr(core.cell, "bias", None) is not None)
+    if len(found) > 1:
+        raise Unsupported(f"directions of `{level.layer.name}` differ in input bias")
+    return found.pop()
+
+
+def _share_group(level, levels):
+    """Positions of the levels of `level`'s SharedRNN when it shares its
+    weights across depth (`share_depth=True`, depth > 2), else None."""
     core = recurrent_core(level.layer)
-    if isinstance(core, SharedRNN):
-        return core.cell.level_weights(level.index)[2] is not None
-    return getattr(core.cell, "bias", None) is not None
+    if not (isinstance(core, SharedRNN) and core.share_depth and core.depth > 2):
+        return None
+    return [i for i, other in enumerate(levels) if other.layer is level.layer]
+
+
+def shared_after(k, group, keep):
+    """Whether level `k` keeps weights other kept levels share once the
+    levels where `keep` is False go: its SharedRNN keeps more than two
+    levels and one below it (`reduce._shared` in the new model). `keep` is
+    a NumPy array or a tensor."""
+    ops = keras.ops
+    if group is None:
+        return False if isinstance(keep, np.ndarray) else ops.convert_to_tensor(False)
+    if isinstance(keep, np.ndarray):
+        below = int(np.sum(keep[[g for g in group if g < k]]))
+        return below >= 1 and int(np.sum(keep[group])) > 2
+    kept = ops.cast(ops.take(keep, group), "int32")
+    below = ops.sum(kept * ops.convert_to_tensor([int(g < k) for g in group], "int32"))
+    return ops.logical_and(below >= 1, ops.sum(kept) > 2)
 
 
 def angular_distance(inputs, outputs, mask):

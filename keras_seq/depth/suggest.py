@@ -339,7 +339,7 @@ def suggest_depth(
     if has_data and drop:
         names = frame.level.tolist()
         bridges = fit_bridges(sorted(names.index(name) for name in drop))
-        fingerprint = weights_fingerprint(model)
+        fingerprint = None if bridges is None else weights_fingerprint(model)
     return DepthPlan(
         drop=drop,
         depth=n - len(drop),
@@ -448,9 +448,11 @@ def _measurer(model, levels, x, y, batch_size, search):
         if engine is not None:
             return engine.bridges(drop)
         names = [levels[i].name for i in drop]
-        return reduce_depth(
-            model, drop=names, x=x_fit, batch_size=batch_size
-        ).bridge_fits
+        try:
+            result = reduce_depth(model, drop=names, x=x_fit, batch_size=batch_size)
+        except ValueError:  # not buildable on the fit rows: no bridges to carry
+            return None
+        return result.bridge_fits
 
     if engine is not None:
         full_loss = engine.full_loss

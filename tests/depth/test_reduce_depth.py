@@ -829,7 +829,8 @@ def test_healing_keeps_the_weights_best_on_held_out_rows(learning_rate):
     model = _linear_segment_stack()
     model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
     x, y = _data(40, 6, 3, seed=1), _data(40, 2, seed=2)
-    bridged = reduce_depth(model, drop=["lin_1"], x=x)
+    # The bridge is fitted on the rows that train, not on the held-out ones.
+    bridged = reduce_depth(model, drop=["lin_1"], x=x[:36])
     keras.utils.set_random_seed(0)
     result = reduce_depth(model, drop=["lin_1"], x=x, y=y, heal_epochs=3, batch_size=8)
     record = result.heal_validation
@@ -888,3 +889,47 @@ def test_healing_validation_data_and_bad_arguments():
         reduce_depth(model, heal_validation_data=x_val, **kwargs)
     with pytest.raises(ValueError, match=r"\(7, 6, 3\).*\(6, 2\)"):
         reduce_depth(model, heal_validation_data=(x_val, y_val[:6]), **kwargs)
+
+
+@slow_on_jax
+def test_guarded_heal_cut_and_a_fixed_batch_size():
+    """Labels run on across heal="cut"'s two phases; with a fixed batch
+    size both parts of the split are whole batches (a stateful stack)."""
+    model = _linear_segment_stack()
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+    x, y = _data(40, 6, 3, seed=1), _data(40, 2, seed=2)
+    cut = reduce_depth(
+        model, drop=["lin_1"], x=x, y=y, heal_epochs=3, heal="cut", batch_size=8
+    )
+    assert [(p, n) for p, n, _ in cut.healed] == [("cut", 1), ("all", 2)]
+    losses = cut.heal_validation["losses"]
+    assert list(losses) == ["before", "epoch 1", "epoch 2", "epoch 3"]
+    assert cut.heal_validation["kept"] == min(losses, key=losses.get)
+
+    stateful = keras_seq.Sequential(
+        [
+            keras.Input(batch_shape=(8, 6, 3)),
+            SharedRNN(4, depth=3, stateful=True, name="rnn"),
+            keras.layers.Dense(2),
+        ]
+    )
+    stateful.compile(optimizer="adam", loss="mse")
+    x, y = _data(64, 6, 3, seed=3), _data(64, 2, seed=4)
+    result = reduce_depth(stateful, drop=["rnn/level_1"], x=x, y=y, heal_epochs=1)
+    # 10% of 64 rows is 6.4: 8 rows (one batch) held out, 56 train (a
+    # ragged split would fail against the (8, units) states).
+    losses = result.heal_validation["losses"]
+    assert list(losses) == ["before", "epoch 1"]
+    assert all(np.isfinite(v) for v in losses.values())
+    assert result.heal_validation["kept"] == min(losses, key=losses.get)
+    with pytest.raises(ValueError, match=r"whole batches.*size 8.*7 rows"):
+        reduce_depth(
+            stateful,
+            drop=["rnn/level_1"],
+            x=x,
+            y=y,
+            heal_epochs=1,
+            heal_validation_data=(x[:7], y[:7]),
+        )
+    with pytest.raises(ValueError, match=r"used only when healing.*heal_epochs=0"):
+        reduce_depth(stateful, drop=["rnn/level_1"], x=x, heal_validation_data=(x, y))

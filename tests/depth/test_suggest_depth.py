@@ -407,32 +407,71 @@ def _engine(model, x, y):
     return levels, CandidateLosses(model, levels, x, y, rows % 2 == 0, rows % 2 == 1)
 
 
+def _other_stack(kind):
+    """Layouts the engine must agree with reduce_depth on: a `share_depth`
+    SharedRNN (its shared levels are not refitted), GRUs with and without
+    biases (reset_after's two bias rows), a functional Dropout -> Dense
+    head."""
+    inputs = keras.Input((T, F))
+    if kind == "shared_depth":
+        h = SharedRNN(U, depth=5, share_depth=True, name="rnn")(inputs)
+    elif kind == "gru":
+        h = inputs
+        for i in range(4):
+            h = keras.layers.GRU(
+                U, use_bias=i != 2, return_sequences=i < 3, name=f"g{i}"
+            )(h)
+    else:
+        h = inputs
+        for i in range(4):
+            h = SharedRNN(U, return_sequences=i < 3, name=f"r{i}")(h)
+        h = keras.layers.Dropout(0.5)(h)
+    model = keras_seq.Model(inputs, keras.layers.Dense(1, name="head")(h))
+    model.compile(optimizer="adam", loss="mse")
+    x, y = _teacher(model, 32)
+    return model, x, y
+
+
 @slow_on_jax
-@pytest.mark.parametrize("kind", ["stack", "masked_bidirectional"])
+@pytest.mark.parametrize(
+    "kind", ["stack", "masked_bidirectional", "shared_depth", "gru", "dropout_head"]
+)
 def test_engine_bridges_equal_reduce_depths_fits_for_every_cut(kind):
     """The bridges the traced engine hands a plan equal those reduce_depth
     fits by its eager forward passes on the same (even) rows, for every set
-    of levels: bottom, middle, top (the Dense head refitted), several cuts."""
+    of levels: bottom, middle, top (the Dense head refitted), several cuts;
+    and each set's measured loss is that of the model reduce_depth builds
+    with them."""
     if kind == "stack":
         model = _stack(4)
         x, y = _teacher(model, 32)
-    else:
+    elif kind == "masked_bidirectional":
         model, x, y = _masked_bidirectional()
+    else:
+        model, x, y = _other_stack(kind)
     levels, engine = _engine(model, x, y)
     names = [level.name for level in levels]
     n = len(levels)
     seen_head = False
-    for count in range(1, n):
-        for drop in itertools.combinations(range(n), count):
-            fits = engine.bridges(drop)
-            expected = reduce_depth(
-                model, drop=[names[i] for i in drop], x=x[::2]
-            ).bridge_fits
-            assert sorted(fits) == sorted(expected), drop
-            seen_head |= "head" in fits
-            for name in expected:
-                for (m, c), (m_ref, c_ref) in zip(fits[name], expected[name]):
-                    np.testing.assert_allclose(m, m_ref, rtol=2e-3, atol=2e-4)
+    every = [c for k in range(1, n) for c in itertools.combinations(range(n), k)]
+    # Every set for two layouts; for the others (time) the bottom, a middle
+    # level, the top, two adjacent, top and bottom, all but the two ends.
+    some = [(0,), (1,), (n - 1,), (1, 2), (0, n - 1), tuple(range(1, n - 1))]
+    for drop in every if kind in ("stack", "masked_bidirectional") else some:
+        fits = engine.bridges(drop)
+        expected = reduce_depth(
+            model, drop=[names[i] for i in drop], x=x[::2]
+        ).bridge_fits
+        assert sorted(fits) == sorted(expected), drop
+        seen_head |= "head" in fits
+        measured = engine.losses([drop])[0]
+        rebuilt = _held_out_loss(model, [names[i] for i in drop], x, y)
+        assert measured == pytest.approx(rebuilt, rel=1e-4, abs=1e-7), drop
+        for name in expected:
+            for (m, c), (m_ref, c_ref) in zip(fits[name], expected[name]):
+                np.testing.assert_allclose(m, m_ref, rtol=2e-3, atol=2e-4)
+                assert (c is None) == (c_ref is None), name
+                if c is not None:
                     np.testing.assert_allclose(c, c_ref, rtol=2e-3, atol=2e-4)
     assert seen_head
 
