@@ -211,8 +211,8 @@ def reduce_depth(
     trains first (half of the epochs, at least one) only the layers next to
     the cuts (each bridged layer and the recurrent level below it), then
     every layer, as CLP and Lu et al. 2024 heal. For the same two epochs
-    `"all"` healed better on 9 of 12 task-seeds in
-    benchmarks/depth_reduction.py. Layer `trainable` flags are
+    `"all"` healed better on 5 of 12 task-seeds in
+    benchmarks/depth_reduction.py, `"cut"` on 3 (4 tied). Layer `trainable` flags are
     restored afterwards; `result.healed` records the phases.
 
     Healing never hands back a model worse on its held-out rows than it was

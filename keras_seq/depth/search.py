@@ -132,9 +132,12 @@ class CandidateLosses:
         placeholders = [
             np.zeros([rows_all] + list(shape[1:]), dtype) for shape, _ in spec[1:]
         ]
+        # The model's own outputs on a few rows, for the check below.
+        few = keras.tree.map_structure(lambda a: np.asarray(a)[:4], x)
+        expected = _predict(model, few)
         # Keras builds the compiled loss (and its metrics' variables) on its
         # first call: an eager one, not inside the traced function.
-        self._build_compiled_loss(model, x, y)
+        self._build_compiled_loss(model, expected, y)
         loss, outputs, head_input, _ = self._function(keep, *placeholders)
         self.inputs_old = [self.stack_input] + list(outputs[:-1])
         self.final_old = head_input
@@ -142,9 +145,8 @@ class CandidateLosses:
         self.similarity = [
             angular_distance(a, b, self.mask) for a, b in zip(self.inputs_old, outputs)
         ]
-        # The copies must reproduce the model (on a few rows: eager calls).
-        few = keras.tree.map_structure(lambda a: np.asarray(a)[:4], x)
-        expected = keras.ops.convert_to_numpy(model(few, training=False))
+        # The copies must reproduce the model (on a few rows).
+        expected = keras.ops.convert_to_numpy(expected)
         got = keras.ops.convert_to_numpy(self.head(head_input[:4]))
         scale = max(float(np.max(np.abs(expected))), 1e-6)
         if got.shape != expected.shape or np.max(np.abs(got - expected)) > 1e-3 * scale:
@@ -256,7 +258,9 @@ class CandidateLosses:
         else:
             values = layer.get_weights()
             width = sequence_input(layer)[0].shape[-1]
-        twin(np.zeros((1, 2, width), keras.backend.floatx()))
+        # Built, not called: an eager call of a recurrent layer costs
+        # compilations on JAX (~0.4 s a level).
+        twin.build((None, None, width))
         twin.set_weights(values)
         return twin
 
@@ -312,12 +316,14 @@ class CandidateLosses:
         return fits
 
     @staticmethod
-    def _build_compiled_loss(model, x, y):
+    def _build_compiled_loss(model, y_pred, y):
+        """Build the compiled loss eagerly from the model's outputs `y_pred`
+        on the first rows of `y`."""
         if keras.backend.backend() != "jax":
             return  # a tf.function may build it while it traces
-        few = keras.tree.map_structure(lambda a: np.asarray(a)[:2], x)
-        few_y = keras.tree.map_structure(lambda a: np.asarray(a)[:2], y)
-        model.compute_loss(y=few_y, y_pred=model(few, training=False), training=False)
+        rows = len(keras.tree.flatten(y_pred)[0])
+        few_y = keras.tree.map_structure(lambda a: np.asarray(a)[:rows], y)
+        model.compute_loss(y=few_y, y_pred=y_pred, training=False)
 
     def _loss(self, keep, *args):
         """(loss on the held-out rows, every level's output sequence, the
@@ -407,6 +413,17 @@ class CandidateLosses:
             mapped = ops.matmul(a, coef)
             shape = [-1] + list(source.shape[1:-1]) + [target_width]
             return ops.cast(ops.reshape(mapped, shape), source.dtype)
+
+
+def _predict(model, x):
+    """`model`'s outputs on `x` (a few rows): an eager call on TensorFlow; a
+    compiled `predict_on_batch` on JAX, where an eager call of a recurrent
+    layer compiles each of its operations (~2 s for six GRU levels)."""
+    if keras.backend.backend() == "jax":
+        return keras.tree.map_structure(
+            keras.ops.convert_to_tensor, model.predict_on_batch(x)
+        )
+    return model(x, training=False)
 
 
 def _compiled(function, signature):
