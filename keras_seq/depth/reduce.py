@@ -364,11 +364,11 @@ def reduce_depth(
             parameters_after=model.count_params(),
             note="the plan removes no level: `model` is returned unchanged",
         )
+    fixed_batch = model.inputs[0].shape[0]
     heal_data = None
     if heal_epochs:
-        fixed = model.inputs[0].shape[0]
         heal_data = _heal_split(
-            x, y, heal_validation_split, heal_validation_data, fixed
+            x, y, heal_validation_split, heal_validation_data, fixed_batch
         )
     # Held-out rows stay out of the bridge's fit too: the guard compares the
     # bridged model with its healed epochs on rows neither has seen.
@@ -406,9 +406,11 @@ def reduce_depth(
     if x is not None and targets:
         # Eager forward passes: per-op overhead dominates, so large chunks
         # (a model with a fixed batch size runs with its own).
-        fixed = model.inputs[0].shape[0] is not None
         fitter = _Bridge(
-            model, new_model, x_bridge, batch_size if fixed else max(batch_size, 1024)
+            model,
+            new_model,
+            x_bridge,
+            batch_size if fixed_batch is not None else max(batch_size, 1024),
         )
         try:
             for target in targets:

@@ -295,7 +295,8 @@ class CandidateLosses:
         fits = {}
         for k in kept:
             below = max((j for j in kept if j < k), default=-1)
-            if below == k - 1 or shared_after(k, self.share_groups[k], keep):
+            shared = shared_after(k, self.share_groups[k], keep)
+            if below == k - 1 or bool(keras.ops.convert_to_numpy(shared)):
                 continue
             source = self.stack_input if below < 0 else outputs[below]
             fit = bridge_coefficients(
@@ -523,14 +524,11 @@ def _share_group(level, levels):
 def shared_after(k, group, keep):
     """Whether level `k` keeps weights other kept levels share once the
     levels where `keep` is False go: its SharedRNN keeps more than two
-    levels and one below it (`reduce._shared` in the new model). `keep` is
-    a NumPy array or a tensor."""
+    levels and one below it (`reduce._shared` in the new model). A boolean
+    tensor (`keep`: a boolean vector, tensor or NumPy)."""
     ops = keras.ops
     if group is None:
-        return False if isinstance(keep, np.ndarray) else ops.convert_to_tensor(False)
-    if isinstance(keep, np.ndarray):
-        below = int(np.sum(keep[[g for g in group if g < k]]))
-        return below >= 1 and int(np.sum(keep[group])) > 2
+        return ops.convert_to_tensor(False)
     kept = ops.cast(ops.take(keep, group), "int32")
     below = ops.sum(kept * ops.convert_to_tensor([int(g < k) for g in group], "int32"))
     return ops.logical_and(below >= 1, ops.sum(kept) > 2)
